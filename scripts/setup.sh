@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what fieldlink needs on a fresh Debian machine: server binaries (apt) and a venv.
+#   scripts/setup.sh runtime   -> mosquitto + venv with the package
+#   scripts/setup.sh test      -> also redis, PostgreSQL, Chromium and the dev extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-runtime}"
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have mosquitto || need+=(mosquitto)
+if [ "$mode" = test ]; then
+  have chromium || need+=(chromium)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing ${need[*]} with apt-get" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts the packaged mosquitto service on 1883; fieldlink runs its own, so leave theirs alone.
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+if [ "$mode" = test ]; then
+  "$VENV/bin/pip" install -q -e ".[dev]"
+else
+  "$VENV/bin/pip" install -q -e .
+fi

@@ -1,0 +1,1 @@
+"""REST routes, wire schemas and Prometheus metrics."""

@@ -1,0 +1,175 @@
+"""The REST API (OpenAPI at /docs). Errors are JSON ``{"error": {"code", "message", "path"?}}``
+with no stack traces."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fieldlink import __version__
+from fieldlink.api.metrics import exposition, registry_for
+from fieldlink.core import buckets
+from fieldlink.core.errors import FieldlinkError, NotFound, PayloadTooLarge, ValidationError
+
+if TYPE_CHECKING:
+    from fieldlink.app.wiring import Runtime
+
+log = logging.getLogger("fieldlink.api")
+
+
+def error_response(exc: FieldlinkError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
+
+
+def parse_time(value: str | None, default_ms: int, name: str) -> int:
+    """Epoch milliseconds, epoch seconds (< 1e11) or ISO 8601."""
+    if value is None or value == "":
+        return default_ms
+    try:
+        number = float(value)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError("invalid_time", f"{name} must be epoch ms or ISO 8601", name) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return int(parsed.timestamp() * 1000)
+    return int(number if number >= 1e11 else number * 1000)
+
+
+async def read_body_limited(request: Request, limit: int) -> bytes:
+    """Read the body, refusing with 413 before reading more than ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="fieldlink", version=__version__,
+                  description="Real-time device hub. Live events: WebSocket at /ws "
+                              "(docs/protocol.md).")
+    registry = registry_for(runtime)
+    ingestor = runtime.ingestor
+    views = runtime.views
+    limits = runtime.settings.limits
+
+    @app.exception_handler(FieldlinkError)
+    async def on_fieldlink_error(request: Request, exc: FieldlinkError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.http_status == 503 else None
+        return error_response(exc, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        path = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(ValidationError("invalid_parameter", str(first.get("msg", "invalid")), path))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        err = FieldlinkError(str(exc.detail), code=code)
+        err.http_status = exc.status_code
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(FieldlinkError("internal error"))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        page = resources.files("fieldlink.web").joinpath("index.html").read_text()
+        return HTMLResponse(page)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> JSONResponse:
+        body = runtime.health()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        return Response(exposition(registry), media_type="text/plain; version=0.0.4")
+
+    @app.post("/api/telemetry", tags=["ingest"], status_code=200)
+    async def post_telemetry(request: Request) -> JSONResponse:
+        """One record or a list: ``{"device_id": ..., "ts"?, "seq"?, "meta"?, ...metrics}``.
+        2xx means every accepted record is committed; invalid records are listed in ``errors``
+        (status 207 when some were accepted, 422 when none were)."""
+        body = await read_body_limited(request, limits.max_payload_bytes)
+        result = await ingestor.ingest_http(body)
+        status = 207 if result.errors else 200
+        return JSONResponse(
+            {"accepted": result.accepted, "stored": result.stored,
+             "duplicates": result.duplicates, "errors": result.errors},
+            status_code=status,
+        )
+
+    @app.get("/api/devices", tags=["devices"])
+    async def list_devices() -> dict[str, Any]:
+        return {"devices": views.list()}
+
+    def known(device_id: str) -> dict[str, Any]:
+        device = views.get(device_id)
+        if device is None:
+            raise NotFound(f"device {device_id!r} is not registered")
+        return device
+
+    @app.get("/api/devices/{device_id}", tags=["devices"])
+    async def get_device(device_id: str) -> dict[str, Any]:
+        return known(device_id)
+
+    @app.get("/api/devices/{device_id}/telemetry", tags=["devices"])
+    async def device_telemetry(
+        device_id: str,
+        start: str | None = Query(None, description="epoch ms or ISO 8601; default end - 1 h"),
+        end: str | None = Query(None, description="epoch ms or ISO 8601; default now"),
+        limit: int = Query(1000, ge=1, le=100_000),
+        bucket: str | None = Query(None, description="10s, 1m, 15m, 1h, 1d"),
+        agg: str = Query("avg", description="avg|min|max|last|count (with bucket)"),
+        order: str = Query("asc", pattern="^(asc|desc)$"),
+    ) -> dict[str, Any]:
+        known(device_id)
+        end_ms = parse_time(end, ingestor.clock_ms() + 1, "end")
+        start_ms = parse_time(start, end_ms - 3_600_000, "start")
+        if bucket is not None:
+            bucket_ms = buckets.parse_bucket(bucket)
+            buckets.check_aggregate(agg)
+            buckets.check_range(start_ms, end_ms, bucket_ms)
+            rows = await runtime.store.query_buckets(device_id, start_ms, end_ms, bucket_ms, agg)
+            return {"device_id": device_id, "start": start_ms, "end": end_ms, "bucket": bucket,
+                    "agg": agg, "points": rows[:limit]}
+        buckets.check_range(start_ms, end_ms, None)
+        records = await runtime.store.query_range(device_id, start_ms, end_ms, limit,
+                                                  newest_first=order == "desc")
+        return {"device_id": device_id, "start": start_ms, "end": end_ms,
+                "points": [r.to_event_data() for r in records]}
+
+    @app.get("/api/devices/{device_id}/telemetry/latest", tags=["devices"])
+    async def device_latest(device_id: str) -> dict[str, Any]:
+        known(device_id)
+        record = runtime.cache.get_latest(device_id, ingestor.clock_ms())
+        source = "cache"
+        if record is None:
+            record = await runtime.store.latest(device_id)
+            source = "store"
+        if record is None:
+            raise NotFound(f"device {device_id!r} has no telemetry yet", code="no_telemetry")
+        return {"device_id": device_id, "source": source, "latest": record.to_event_data()}
+
+    return app

@@ -1,0 +1,112 @@
+"""Runs a hub in one process: uvicorn (REST + /ws + page on one port) and the runtime in one
+uvloop, optional simulated devices, clean shutdown on Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import uvicorn
+
+from fieldlink.api.routes import create_app
+from fieldlink.app.settings import Settings
+from fieldlink.app.wiring import Runtime
+
+log = logging.getLogger("fieldlink")
+
+
+def uvicorn_config(runtime: Runtime, port: int) -> uvicorn.Config:
+    s = runtime.settings
+    return uvicorn.Config(
+        create_app(runtime), host=s.http_host, port=port, ws=runtime.ws_protocol,  # type: ignore[arg-type]
+        lifespan="off", log_level="warning", access_log=False, loop="none",
+        http="httptools", timeout_graceful_shutdown=5,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_hub(settings: Settings) -> AsyncIterator[tuple[Runtime, uvicorn.Server]]:
+    """Start a hub (for tests and embedding) and stop it, flushing writes, on exit."""
+    runtime = Runtime(settings)
+    await runtime.start()
+    server = uvicorn.Server(uvicorn_config(runtime, settings.http_port))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                await task
+                raise RuntimeError("HTTP server failed to start")
+            await asyncio.sleep(0.01)
+        yield runtime, server
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await task
+        await runtime.stop()
+
+
+def http_port_of(server: uvicorn.Server) -> int:
+    for srv in server.servers:
+        for sock in srv.sockets:
+            return int(sock.getsockname()[1])
+    raise RuntimeError("server has no socket")
+
+
+def banner(runtime: Runtime, http_port: int) -> str:
+    s = runtime.settings
+    host = s.http_host
+    lines = [
+        "",
+        "fieldlink is up",
+        f"  dashboard   http://{host}:{http_port}/",
+        f"  websocket   ws://{host}:{http_port}{s.ws_path}",
+        f"  REST docs   http://{host}:{http_port}/docs",
+        f"  MQTT        {runtime.mqtt_url}"
+        + ("  (embedded mosquitto)" if runtime.broker else "  (external broker)"),
+        f"  history     {s.resolved_database_url()}",
+    ]
+    if s.simulate:
+        lines.append(f"  simulator   {s.simulate} devices every {s.simulate_interval_s:g} s")
+    lines.append("  stop with Ctrl-C")
+    return "\n".join(lines) + "\n"
+
+
+async def serve(
+    settings: Settings,
+    extra: Callable[[Runtime, int], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM. ``extra`` (the simulator) runs alongside and is cancelled first."""
+    runtime = Runtime(settings)
+    await runtime.start()
+    server = uvicorn.Server(uvicorn_config(runtime, settings.http_port))
+    serve_task = asyncio.create_task(server.serve())
+    extra_task: asyncio.Task[None] | None = None
+    try:
+        while not server.started:
+            if serve_task.done():
+                await serve_task
+                raise SystemExit("the HTTP server failed to start")
+            await asyncio.sleep(0.01)
+        port = http_port_of(server)
+        sys.stderr.write(banner(runtime, port))
+        sys.stderr.flush()
+        if extra is not None:
+            extra_task = asyncio.create_task(extra(runtime, port))
+        await serve_task
+    finally:
+        if extra_task is not None:
+            extra_task.cancel()
+            with contextlib.suppress(BaseException):
+                await extra_task
+        server.should_exit = True
+        if not serve_task.done():
+            with contextlib.suppress(BaseException):
+                await serve_task
+        await runtime.stop()
+        c = runtime.ingestor.counters
+        log.warning("fieldlink stopped: received=%d stored=%d rejected=%d dropped=%d",
+                    c.received, c.stored, c.rejected_total, c.dropped_total)

@@ -1,0 +1,34 @@
+"""Hub settings: one dataclass, filled by the CLI (and later env vars / TOML)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fieldlink.core.codec import DEFAULT_LIMITS, Limits
+
+
+@dataclass
+class Settings:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    mqtt_url: str | None = None  # None: start the embedded broker on mqtt_port
+    mqtt_port: int = 1883
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # None: sqlite:///<data_dir>/fieldlink.db
+    topic_prefix: str = "edge"
+    routes_file: Path | None = None
+    cache_ttl_s: float = 300.0
+    silence_timeout_s: float = 60.0
+    status_sweep_s: float = 1.0
+    ws_path: str = "/ws"
+    ws_max_pending_bytes: int = 4 * 1024 * 1024
+    ws_ping_interval_s: float = 20.0
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    simulate: int = 0
+    simulate_interval_s: float = 5.0
+    simulate_seed: int = 1
+    log_level: str = "info"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fieldlink.db').resolve()}"

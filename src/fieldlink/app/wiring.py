@@ -1,0 +1,124 @@
+"""The one place configuration becomes implementations (chosen by URL scheme), and the
+runtime that starts and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
+from fieldlink.core.status import StatusBook
+from fieldlink.core.topics import Route, TopicScheme, route_from_config
+from fieldlink.gateway.hub import Hub
+from fieldlink.gateway.ws import GatewaySettings, keepalive, websocket_protocol_factory
+from fieldlink.mqtt.broker import EmbeddedBroker
+from fieldlink.mqtt.listener import MqttIngest
+from fieldlink.ports import Store
+from fieldlink.services.ingest import Ingestor
+from fieldlink.services.views import DeviceViews
+
+from .settings import Settings
+
+log = logging.getLogger("fieldlink")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def store_from_url(url: str) -> Store:
+    scheme, _, rest = url.partition("://")
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme == "sqlite":
+        from fieldlink.backends.sqlite import SqliteStore
+
+        path = rest[1:] if rest.startswith("/") and rest[1:2] == "/" else rest
+        return SqliteStore(path)
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or memory://")
+
+
+def load_routes(path: Path | None) -> tuple[Route, ...]:
+    if path is None:
+        return ()
+    with open(path, "rb") as fh:
+        config: dict[str, Any] = tomllib.load(fh)
+    return tuple(
+        route_from_config(f"route{i}", cfg) for i, cfg in enumerate(config.get("routes", []))
+    )
+
+
+class Runtime:
+    """Everything a hub process runs, wired from Settings. ``start``/``stop`` are ordered so no
+    accepted record is lost: stop ingest first, then close clients, then flush the store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.scheme = TopicScheme(settings.topic_prefix, load_routes(settings.routes_file))
+        self.store = store_from_url(settings.resolved_database_url())
+        self.cache = MemoryCache(settings.cache_ttl_s)
+        self.bus = MemoryBus()
+        self.status = StatusBook(int(settings.silence_timeout_s * 1000))
+        self.ingestor = Ingestor(
+            store=self.store, cache=self.cache, bus=self.bus, status=self.status,
+            scheme=self.scheme, clock_ms=now_ms, limits=settings.limits,
+        )
+        self.views = DeviceViews(self.ingestor)
+        self.hub = Hub(self.views.snapshot, max_pending_bytes=settings.ws_max_pending_bytes,
+                       clock_ms=now_ms)
+        self.bus.subscribe(self.hub.publish)
+        self.gateway_settings = GatewaySettings(
+            path=settings.ws_path, max_message_bytes=settings.limits.max_payload_bytes,
+            ping_interval_s=settings.ws_ping_interval_s,
+        )
+        self.ws_protocol = websocket_protocol_factory(self.hub, self.gateway_settings)
+        self.broker: EmbeddedBroker | None = None
+        self.mqtt: MqttIngest | None = None
+        self.mqtt_url = settings.mqtt_url
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_ms = now_ms()
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.mqtt_url is None:
+            self.broker = EmbeddedBroker(s.data_dir, s.mqtt_port)
+            await self.broker.start()
+            self.mqtt_url = self.broker.url
+        await self.store.start()
+        await self.ingestor.load()
+        self.mqtt = MqttIngest(self.mqtt_url, self.ingestor, self.scheme)
+        await self.mqtt.start()
+        self._tasks.append(asyncio.create_task(self._sweep_status()))
+        self._tasks.append(asyncio.create_task(keepalive(self.hub, self.gateway_settings)))
+
+    async def _sweep_status(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_sweep_s)
+            self.ingestor.sweep_status()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        self.hub.flush()
+        await self.ingestor.settled()
+        await self.store.close()
+        await self.bus.close()
+        if self.broker is not None:
+            await self.broker.stop()
+
+    def health(self) -> dict[str, Any]:
+        checks = {
+            "store": "ok",
+            "broker": "ok" if self.mqtt is not None and self.mqtt.connected.is_set() else "down",
+            "bus": "ok",
+        }
+        status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+        return {"status": status, "checks": checks}

@@ -1,0 +1,124 @@
+"""In-process implementations of Store, Cache and Bus: the embedded default for the cache and
+bus, and the test double for all three. Single node only; the store keeps nothing on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+from fieldlink.backends.aggregate import aggregate_records
+from fieldlink.core.model import Device, Record
+from fieldlink.ports import Event, EventHandler, WriteResult
+
+
+class MemoryStore:
+    """Store in dictionaries. Writes commit immediately (the future is already resolved)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, list[Record]] = {}
+        self._keys: dict[str, list[int]] = {}
+        self._seqs: dict[str, set[int]] = {}
+        self._devices: dict[str, Device] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def write(self, records: Sequence[Record]) -> asyncio.Future[WriteResult]:
+        stored = duplicates = 0
+        for record in records:
+            seqs = self._seqs.setdefault(record.device_id, set())
+            if record.seq is not None:
+                if record.seq in seqs:
+                    duplicates += 1
+                    continue
+                seqs.add(record.seq)
+            keys = self._keys.setdefault(record.device_id, [])
+            index = bisect.bisect_right(keys, record.ts_ms)
+            keys.insert(index, record.ts_ms)
+            self._records.setdefault(record.device_id, []).insert(index, record)
+            stored += 1
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        future.set_result(WriteResult(stored, duplicates))
+        return future
+
+    def save_device(self, device: Device) -> None:
+        existing = self._devices.get(device.id)
+        if existing is not None:
+            device.created_ms = existing.created_ms
+        self._devices[device.id] = Device(
+            device.id, device.kind, dict(device.meta), device.created_ms, device.last_seen_ms
+        )
+
+    async def get_device(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
+    async def list_devices(self) -> list[Device]:
+        return sorted(self._devices.values(), key=lambda d: d.id)
+
+    def _slice(self, device_id: str, start_ms: int, end_ms: int) -> list[Record]:
+        keys = self._keys.get(device_id, [])
+        lo = bisect.bisect_left(keys, start_ms)
+        hi = bisect.bisect_left(keys, end_ms)
+        return self._records.get(device_id, [])[lo:hi]
+
+    async def query_range(
+        self, device_id: str, start_ms: int, end_ms: int, limit: int, newest_first: bool = False
+    ) -> list[Record]:
+        rows = self._slice(device_id, start_ms, end_ms)
+        if newest_first:
+            return list(reversed(rows[-limit:])) if limit else []
+        return rows[:limit]
+
+    async def query_buckets(
+        self, device_id: str, start_ms: int, end_ms: int, bucket_ms: int, agg: str
+    ) -> list[dict[str, Any]]:
+        return aggregate_records(self._slice(device_id, start_ms, end_ms), bucket_ms, agg)
+
+    async def latest(self, device_id: str) -> Record | None:
+        rows = self._records.get(device_id)
+        return rows[-1] if rows else None
+
+
+class MemoryCache:
+    """Latest record per device, expiring ``ttl_s`` after it was set."""
+
+    def __init__(self, ttl_s: float = 300.0) -> None:
+        self.ttl_ms = int(ttl_s * 1000)
+        self._latest: dict[str, tuple[Record, int]] = {}
+
+    def set_latest(self, record: Record, now_ms: int) -> None:
+        current = self._latest.get(record.device_id)
+        if current is not None and current[0].ts_ms > record.ts_ms and current[1] > now_ms:
+            return  # an older record arriving late must not replace a newer latest state
+        self._latest[record.device_id] = (record, now_ms + self.ttl_ms)
+
+    def get_latest(self, device_id: str, now_ms: int) -> Record | None:
+        entry = self._latest.get(device_id)
+        if entry is None:
+            return None
+        if entry[1] <= now_ms:
+            del self._latest[device_id]
+            return None
+        return entry[0]
+
+
+class MemoryBus:
+    """Calls every handler synchronously, in publish order. Single node only."""
+
+    def __init__(self) -> None:
+        self._handlers: list[EventHandler] = []
+
+    def subscribe(self, handler: EventHandler) -> None:
+        self._handlers.append(handler)
+
+    def publish(self, event: Event) -> None:
+        for handler in self._handlers:
+            handler(event)
+
+    async def close(self) -> None:
+        self._handlers.clear()

@@ -1,0 +1,232 @@
+"""SQLite history and device registry (the embedded default).
+
+One dedicated writer thread owns the write connection and commits whatever has queued up since
+its last commit in one transaction (natural batching: the busier the hub, the bigger the
+batch), so the event loop never waits on disk. WAL mode lets a small read pool query while the
+writer writes. Must not be used from several processes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fieldlink.core.errors import DependencyDown
+from fieldlink.core.model import Device, Record
+from fieldlink.ports import WriteResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    device_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    seq INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_device_ts ON telemetry (device_id, ts);
+CREATE UNIQUE INDEX IF NOT EXISTS telemetry_device_seq ON telemetry (device_id, seq)
+    WHERE seq IS NOT NULL;
+"""
+
+_INSERT = "INSERT OR IGNORE INTO telemetry (device_id, ts, seq, data) VALUES (?, ?, ?, ?)"
+_UPSERT_DEVICE = """
+INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, meta = excluded.meta,
+    last_seen_ms = max(coalesce(devices.last_seen_ms, 0), coalesce(excluded.last_seen_ms, 0))
+"""
+_AGG_SQL = {"avg": "avg(j.value)", "min": "min(j.value)", "max": "max(j.value)",
+            "count": "count(j.value)", "last": "j.value"}
+_MAX_BATCH_ITEMS = 2000
+
+_STOP = object()
+
+
+def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL: a commit survives a process crash; a power loss may lose the last
+        # commits (docs/storage.md). FULL would cost an fsync per batch.
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+        self._failed: BaseException | None = None
+        self.batches = 0
+
+    async def start(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path)
+        conn.executescript(SCHEMA)
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(
+            target=self._writer, args=(conn,), name="sqlite-writer", daemon=True
+        )
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop the writer and the readers."""
+        if self._thread is not None:
+            done = asyncio.get_running_loop().create_future()
+            self._queue.put((_STOP, done))
+            await done
+            self._thread = None
+        self._readers.shutdown(wait=True)
+
+    # ---- writes -------------------------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> asyncio.Future[WriteResult]:
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[WriteResult] = loop.create_future()
+        if self._failed is not None or self._thread is None:
+            future.set_exception(DependencyDown("the SQLite writer is not running"))
+            return future
+        rows = [
+            (r.device_id, r.ts_ms, r.seq, orjson.dumps(r.metrics).decode()) for r in records
+        ]
+        self._queue.put((rows, future))
+        return future
+
+    def save_device(self, device: Device) -> None:
+        row = (device.id, device.kind, orjson.dumps(device.meta).decode(), device.created_ms,
+               device.last_seen_ms)
+        self._queue.put((row, None))
+
+    def _resolve(self, future: asyncio.Future[WriteResult], result: Any) -> None:
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        while True:
+            items = [self._queue.get()]
+            while len(items) < _MAX_BATCH_ITEMS:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None
+            results: list[tuple[asyncio.Future[WriteResult], Any]] = []
+            try:
+                conn.execute("BEGIN")
+                for payload, future in items:
+                    if payload is _STOP:
+                        stop = future
+                        continue
+                    if future is None:
+                        conn.execute(_UPSERT_DEVICE, payload)
+                        continue
+                    before = conn.total_changes
+                    conn.executemany(_INSERT, payload)
+                    stored = conn.total_changes - before
+                    results.append((future, WriteResult(stored, len(payload) - stored)))
+                conn.execute("COMMIT")
+                self.batches += 1
+            except sqlite3.Error as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                error = DependencyDown(f"SQLite write failed: {exc}")
+                results = [(f, error) for _, f in items if f is not None and _ is not _STOP]
+            for future, result in results:
+                loop.call_soon_threadsafe(self._resolve, future, result)
+            if stop is not None:
+                conn.close()
+                loop.call_soon_threadsafe(stop.set_result, None)
+                return
+
+    # ---- reads --------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, readonly=True)
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            return self._reader().execute(sql, params).fetchall()
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    async def get_device(self, device_id: str) -> Device | None:
+        rows = await self._read(
+            "SELECT id, kind, meta, created_ms, last_seen_ms FROM devices WHERE id = ?",
+            (device_id,),
+        )
+        return _device(rows[0]) if rows else None
+
+    async def list_devices(self) -> list[Device]:
+        rows = await self._read(
+            "SELECT id, kind, meta, created_ms, last_seen_ms FROM devices ORDER BY id", ()
+        )
+        return [_device(r) for r in rows]
+
+    async def query_range(
+        self, device_id: str, start_ms: int, end_ms: int, limit: int, newest_first: bool = False
+    ) -> list[Record]:
+        order = "DESC" if newest_first else "ASC"
+        rows = await self._read(
+            "SELECT device_id, ts, seq, data FROM telemetry WHERE device_id = ? AND ts >= ? "
+            f"AND ts < ? ORDER BY ts {order}, rowid {order} LIMIT ?",
+            (device_id, start_ms, end_ms, limit),
+        )
+        return [Record(r[0], r[1], orjson.loads(r[3]), r[2]) for r in rows]
+
+    async def query_buckets(
+        self, device_id: str, start_ms: int, end_ms: int, bucket_ms: int, agg: str
+    ) -> list[dict[str, Any]]:
+        # For "last", SQLite's bare-column rule takes j.value from the row holding max(t.ts).
+        extra = ", max(t.ts)" if agg == "last" else ""
+        rows = await self._read(
+            f"SELECT (t.ts / ?) * ? AS bucket, j.key, {_AGG_SQL[agg]}{extra} "
+            "FROM telemetry AS t, json_each(t.data) AS j "
+            "WHERE t.device_id = ? AND t.ts >= ? AND t.ts < ? AND j.type IN ('integer', 'real') "
+            "GROUP BY bucket, j.key ORDER BY bucket",
+            (bucket_ms, bucket_ms, device_id, start_ms, end_ms),
+        )
+        out: list[dict[str, Any]] = []
+        for bucket, key, value, *_ in rows:
+            if not out or out[-1]["ts"] != bucket:
+                out.append({"ts": bucket})
+            out[-1][key] = float(value) if agg != "count" else value
+        return out
+
+    async def latest(self, device_id: str) -> Record | None:
+        rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
+        return rows[0] if rows else None
+
+
+def _device(row: tuple[Any, ...]) -> Device:
+    return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4])

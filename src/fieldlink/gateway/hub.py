@@ -1,0 +1,245 @@
+"""Channels, membership and corked fan-out.
+
+Theory of operation. ``publish`` (the bus handler) gives each event the next sequence number
+of every channel that carries it and, if the channel has members, appends the event's JSON to
+the channel's pending list. A flush, scheduled at most once at a time, turns each channel's
+pending list into ONE text frame (a single event, or a JSON array of events under load), and
+writes to each member ONE buffer holding the frames of all its channels. Cost per event is
+O(channels); cost per member is one write per flush, never an await.
+
+Flushes run on the next loop tick when the hub is idle. When a flush was expensive (many
+members), the next one waits as long as the last one took, so fan-out uses at most about half
+of the loop and events batch up instead of queueing behind syscalls.
+
+A member whose transport buffer holds more than ``max_pending_bytes`` is a slow consumer: it is
+closed with ``CloseCode.SLOW_CONSUMER`` and counted; nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fieldlink.core import channels
+from fieldlink.core.closecodes import CloseCode
+from fieldlink.core.errors import ProtocolError
+from fieldlink.gateway import protocol
+from fieldlink.gateway.frames import text_frame
+from fieldlink.ports import Event
+
+MAX_EVENTS_PER_FRAME = 500
+
+
+class Member(Protocol):
+    """What the hub needs of a connected client (gateway/ws.py implements it)."""
+
+    client_id: str
+    subscriptions: set[str]
+    out: list[bytes]
+    closing: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def buffered_bytes(self) -> int: ...
+
+    def send(self, payload: bytes) -> None: ...
+
+    def kick(self, code: int, reason: str) -> None: ...
+
+
+class Channel:
+    __slots__ = ("name", "seq", "members", "pending")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seq = 0
+        self.members: set[Member] = set()
+        self.pending: list[bytes] = []
+
+
+@dataclass(slots=True)
+class HubStats:
+    connected: int = 0
+    connections_total: int = 0
+    events_published: int = 0
+    deliveries: int = 0
+    frames_written: int = 0
+    flushes: int = 0
+    slow_disconnects: int = 0
+    client_errors: int = 0
+
+
+SnapshotFn = Callable[[str], bytes]
+"""Returns the JSON snapshot of a channel (latest state) for a ``subscribed`` reply."""
+
+
+class Hub:
+    def __init__(
+        self,
+        snapshot: SnapshotFn,
+        *,
+        max_pending_bytes: int = 4 * 1024 * 1024,
+        flush_backoff: float = 1.0,
+        max_flush_delay_s: float = 0.05,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.snapshot = snapshot
+        self.max_pending_bytes = max_pending_bytes
+        self.flush_backoff = flush_backoff
+        self.max_flush_delay_s = max_flush_delay_s
+        self.clock_ms = clock_ms
+        self.channels: dict[str, Channel] = {}
+        self.members: set[Member] = set()
+        self.stats = HubStats()
+        self._dirty: list[Channel] = []
+        self._scheduled = False
+        self._next_flush_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- events in ----------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Bus handler: sequence the event on each of its channels and queue it for members."""
+        self.stats.events_published += 1
+        for name in event.channels:
+            channel = self.channels.get(name)
+            if channel is None:
+                channel = self.channels[name] = Channel(name)
+            channel.seq += 1
+            if channel.members:
+                if not channel.pending:
+                    self._dirty.append(channel)
+                channel.pending.append(
+                    protocol.event_payload(event.type, name, channel.seq, event.data)
+                )
+        if self._dirty and not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        delay = self._next_flush_at - time.perf_counter()
+        if delay <= 0:
+            loop.call_soon(self.flush)
+        else:
+            loop.call_later(min(delay, self.max_flush_delay_s), self.flush)
+
+    def flush(self) -> None:
+        """Write every pending event to its channels' members: one write per member."""
+        self._scheduled = False
+        if not self._dirty:
+            return
+        started = time.perf_counter()
+        dirty, self._dirty = self._dirty, []
+        touched: list[Member] = []
+        deliveries = 0
+        for channel in dirty:
+            pending, channel.pending = channel.pending, []
+            members = channel.members
+            if not members:
+                continue
+            blob = b"".join(
+                text_frame(
+                    pending[i]
+                    if len(pending) - i == 1
+                    else b"[" + b",".join(pending[i : i + MAX_EVENTS_PER_FRAME]) + b"]"
+                )
+                for i in range(0, len(pending), MAX_EVENTS_PER_FRAME)
+            )
+            deliveries += len(pending) * len(members)
+            for member in members:
+                out = member.out
+                if not out:
+                    touched.append(member)
+                out.append(blob)
+        limit = self.max_pending_bytes
+        for member in touched:
+            out, member.out = member.out, []
+            if member.closing:
+                continue
+            if member.buffered_bytes() > limit:
+                self.stats.slow_disconnects += 1
+                self.kick(member, CloseCode.SLOW_CONSUMER, "slow consumer: outbox over limit")
+                continue
+            member.write(out[0] if len(out) == 1 else b"".join(out))
+        self.stats.deliveries += deliveries
+        self.stats.frames_written += len(touched)
+        self.stats.flushes += 1
+        ended = time.perf_counter()
+        self._next_flush_at = ended + (ended - started) * self.flush_backoff
+
+    # ---- members ------------------------------------------------------------------------
+
+    def add(self, member: Member) -> None:
+        self.members.add(member)
+        self.stats.connected = len(self.members)
+        self.stats.connections_total += 1
+        member.send(protocol.connected(member.client_id, self.clock_ms()))
+
+    def remove(self, member: Member) -> None:
+        """Forget a member (its connection is gone). Idempotent."""
+        for name in member.subscriptions:
+            channel = self.channels.get(name)
+            if channel is not None:
+                channel.members.discard(member)
+        member.subscriptions.clear()
+        self.members.discard(member)
+        self.stats.connected = len(self.members)
+
+    def kick(self, member: Member, code: int, reason: str) -> None:
+        self.remove(member)
+        member.kick(code, reason)
+
+    def subscribe(self, member: Member, name: str, request: dict[str, Any] | None = None) -> None:
+        """Join a channel and answer with its snapshot.
+
+        Pending events are flushed first, so the member receives exactly the events published
+        after its snapshot, each once, in order.
+        """
+        if self._dirty:
+            self.flush()
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = Channel(name)
+        channel.members.add(member)
+        member.subscriptions.add(name)
+        member.send(protocol.subscribed(name, channel.seq, self.snapshot(name), request))
+
+    def unsubscribe(self, member: Member, name: str, request: dict[str, Any] | None = None) -> None:
+        channel = self.channels.get(name)
+        if channel is not None:
+            channel.members.discard(member)
+        member.subscriptions.discard(name)
+        member.send(protocol.unsubscribed(name, request))
+
+    def handle_message(self, member: Member, payload: bytes) -> None:
+        """One client text message. Mistakes are answered with an error frame; the connection
+        stays open."""
+        message: dict[str, Any] | None = None
+        try:
+            message = protocol.parse_client_message(payload)
+            kind = message["type"]
+            if kind == "subscribe":
+                self.subscribe(member, message["channel"], message)
+            elif kind == "unsubscribe":
+                self.unsubscribe(member, message["channel"], message)
+            else:
+                member.send(protocol.pong(message, self.clock_ms()))
+        except ProtocolError as exc:
+            self.stats.client_errors += 1
+            member.send(protocol.error(exc.code, exc.message, message))
+
+    def channel_seq(self, name: str) -> int:
+        channel = self.channels.get(name)
+        return channel.seq if channel else 0
+
+    def subscriber_count(self, name: str) -> int:
+        channel = self.channels.get(name)
+        return len(channel.members) if channel else 0
+
+
+__all__ = ["Hub", "HubStats", "Member", "channels"]

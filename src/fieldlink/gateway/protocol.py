@@ -1,0 +1,74 @@
+"""The client/server message protocol of ``/ws`` (docs/protocol.md), sans I/O.
+
+Parses client messages into dicts it has checked, and builds server messages. Event frames are
+built from the event's pre-encoded ``data`` with byte concatenation, never by re-encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from fieldlink.core import channels
+from fieldlink.core.errors import ProtocolError
+
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
+CLIENT_TYPES = ("subscribe", "unsubscribe", "ping")
+
+
+def parse_client_message(payload: bytes) -> dict[str, Any]:
+    """Decode one client text message. Raises ``ProtocolError`` with a stable code."""
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"invalid JSON: {exc.msg}", code="invalid_json") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object with a 'type'", code="bad_message")
+    kind = message.get("type")
+    if kind not in CLIENT_TYPES:
+        shown = repr(kind)[:60]
+        raise ProtocolError(
+            f"unknown message type {shown}; expected one of {', '.join(CLIENT_TYPES)}",
+            code="unknown_type",
+        )
+    if kind in ("subscribe", "unsubscribe"):
+        channels.parse(message.get("channel"))
+    return message
+
+
+def _with_id(body: dict[str, Any], request: dict[str, Any] | None) -> dict[str, Any]:
+    if request is not None and "id" in request:
+        request_id = request["id"]
+        if isinstance(request_id, (str, int)) and not isinstance(request_id, bool):
+            body["id"] = request_id
+    return body
+
+
+def connected(client_id: str, server_time_ms: int) -> bytes:
+    return orjson.dumps({"type": "connected", "client_id": client_id, "server_time": server_time_ms})
+
+
+def subscribed(channel: str, seq: int, snapshot: bytes, request: dict[str, Any] | None) -> bytes:
+    head = orjson.dumps(_with_id({"type": "subscribed", "channel": channel, "seq": seq}, request))
+    return head[:-1] + b',"snapshot":' + snapshot + b"}"
+
+
+def unsubscribed(channel: str, request: dict[str, Any] | None) -> bytes:
+    return orjson.dumps(_with_id({"type": "unsubscribed", "channel": channel}, request))
+
+
+def pong(request: dict[str, Any] | None, server_time_ms: int) -> bytes:
+    return orjson.dumps(_with_id({"type": "pong", "server_time": server_time_ms}, request))
+
+
+def error(code: str, message: str, request: dict[str, Any] | None = None) -> bytes:
+    return orjson.dumps(_with_id({"type": "error", "code": code, "message": message}, request))
+
+
+def event_payload(event_type: str, channel: str, seq: int, data: bytes) -> bytes:
+    """One event as JSON. Channel names come from the catalogue and need no escaping."""
+    return b"".join(
+        (b'{"type":"', event_type.encode(), b'","channel":"', channel.encode(), b'","seq":',
+         str(seq).encode(), b',"data":', data, b"}")
+    )

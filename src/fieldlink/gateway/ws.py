@@ -1,0 +1,233 @@
+"""The ``/ws`` endpoint as an asyncio protocol mounted in uvicorn (one port for HTTP and WS).
+
+uvicorn parses the HTTP upgrade request and hands the connection to the class returned by
+``websocket_protocol_factory``. For the gateway path this class speaks WebSocket itself,
+using the websockets sans-I/O ``ServerProtocol`` for the handshake and for incoming frames
+(masking, control frames, size limit, close handshake), and writes pre-built event frames
+straight to the transport. Any other path is handed to uvicorn's own WebSocket protocol so
+ASGI WebSocket routes keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from fieldlink.core.closecodes import CloseCode
+from fieldlink.gateway import protocol
+from fieldlink.gateway.frames import PING_FRAME, text_frame
+from fieldlink.gateway.hub import Hub
+
+log = logging.getLogger("fieldlink.gateway")
+
+
+class GatewaySettings:
+    def __init__(
+        self,
+        path: str = "/ws",
+        max_message_bytes: int = protocol.MAX_CLIENT_MESSAGE_BYTES,
+        ping_interval_s: float = 20.0,
+        ping_timeout_s: float = 20.0,
+    ) -> None:
+        self.path = path
+        self.max_message_bytes = max_message_bytes
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+
+
+class GatewayConnection(asyncio.Protocol):
+    """One WebSocket client of the hub (implements ``hub.Member``)."""
+
+    hub: Hub
+    settings: GatewaySettings
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any) -> None:
+        self._uvicorn = (config, server_state, app_state)
+        self.server_state = server_state
+        self.transport: asyncio.Transport | None = None
+        self.delegate: asyncio.Protocol | None = None
+        self.ws = ServerProtocol(max_size=self.settings.max_message_bytes)
+        self.client_id = secrets.token_urlsafe(9)
+        self.subscriptions: set[str] = set()
+        self.out: list[bytes] = []
+        self.closing = False
+        self.opened = False
+        self.last_rx = time.monotonic()
+        self._fragments: list[bytes] = []
+        self._abort_handle: asyncio.TimerHandle | None = None
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server_state.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.delegate is not None:
+            self.delegate.data_received(data)
+            return
+        if not self.opened and self.ws.state is State.CONNECTING:
+            path = data.split(b" ", 2)[1].split(b"?", 1)[0].decode("latin-1")
+            if path != self.settings.path:
+                self._hand_over(data)
+                return
+        self.last_rx = time.monotonic()
+        self.ws.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        if self.delegate is not None:
+            return self.delegate.eof_received()
+        self.ws.receive_eof()
+        self._process()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.delegate is not None:
+            self.delegate.connection_lost(exc)
+            return
+        self.server_state.connections.discard(self)
+        self.closing = True
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+        if self.opened:
+            self.hub.remove(self)
+
+    def pause_writing(self) -> None:
+        if self.delegate is not None:
+            self.delegate.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.delegate is not None:
+            self.delegate.resume_writing()
+
+    def shutdown(self) -> None:
+        """uvicorn calls this on server shutdown: tell the client to reconnect elsewhere."""
+        if self.delegate is not None:
+            self.delegate.shutdown()  # type: ignore[attr-defined]
+        elif self.opened:
+            self.hub.kick(self, CloseCode.GOING_AWAY, "server shutting down")
+        elif self.transport is not None:
+            self.transport.close()
+
+    # ---- hub.Member ---------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def buffered_bytes(self) -> int:
+        assert self.transport is not None
+        return self.transport.get_write_buffer_size()
+
+    def send(self, payload: bytes) -> None:
+        if not self.closing and self.transport is not None:
+            self.transport.write(text_frame(payload))
+
+    def ping(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.transport.write(PING_FRAME)
+
+    def kick(self, code: int, reason: str) -> None:
+        """Send a close frame and close; abort if the peer has not gone within 2 s."""
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(code, reason)
+        self._write_pending()
+        self.transport.close()
+        self._abort_handle = asyncio.get_running_loop().call_later(2.0, self.transport.abort)
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _hand_over(self, data: bytes) -> None:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+        self.server_state.connections.discard(self)
+        config, server_state, app_state = self._uvicorn
+        self.delegate = WebSocketsSansIOProtocol(
+            config=config, server_state=server_state, app_state=app_state
+        )
+        assert self.transport is not None
+        self.delegate.connection_made(self.transport)
+        self.delegate.data_received(data)
+
+    def _write_pending(self) -> None:
+        assert self.transport is not None
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+    def _process(self) -> None:
+        for event in self.ws.events_received():
+            if isinstance(event, Request):
+                self._open(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._write_pending()
+        if self.ws.close_expected() and self.transport is not None and not self.closing:
+            self.closing = True
+            if self.opened:
+                self.hub.remove(self)
+            self.transport.close()
+
+    def _open(self, request: Request) -> None:
+        response = self.ws.accept(request)
+        self.ws.send_response(response)
+        self._write_pending()
+        if response.status_code == 101:
+            self.opened = True
+            self.hub.add(self)
+        else:
+            self.closing = True
+            assert self.transport is not None
+            self.transport.close()
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.CONT and self._fragments:
+            if not frame.fin:
+                self._fragments.append(frame.data)
+                return
+            if self._fragments:
+                self._fragments.append(frame.data)
+                payload = b"".join(self._fragments)
+                self._fragments.clear()
+            else:
+                payload = frame.data
+            if not self.closing:
+                self.hub.handle_message(self, payload)
+        elif opcode is Opcode.BINARY or opcode is Opcode.CONT:
+            if frame.fin:
+                self.hub.stats.client_errors += 1
+                self.send(protocol.error("unsupported_data", "send JSON text frames, not binary"))
+        # PING is answered and CLOSE handled by ServerProtocol; PONG only refreshes last_rx.
+
+
+def websocket_protocol_factory(hub: Hub, settings: GatewaySettings) -> type[GatewayConnection]:
+    """A GatewayConnection class bound to one hub, to pass to ``uvicorn.Config(ws=...)``."""
+    return type("BoundGatewayConnection", (GatewayConnection,), {"hub": hub, "settings": settings})
+
+
+async def keepalive(hub: Hub, settings: GatewaySettings) -> None:
+    """Ping every member each interval; close those silent for interval + timeout."""
+    while True:
+        await asyncio.sleep(settings.ping_interval_s)
+        deadline = time.monotonic() - settings.ping_interval_s - settings.ping_timeout_s
+        for member in list(hub.members):
+            if isinstance(member, GatewayConnection):
+                if member.last_rx < deadline:
+                    hub.kick(member, CloseCode.GOING_AWAY, "ping timeout")
+                else:
+                    member.ping()

@@ -1,0 +1,1 @@
+"""MQTT transport: the embedded broker (a managed mosquitto), the ingest listener."""

@@ -1,0 +1,129 @@
+"""The embedded MQTT broker: Debian's mosquitto run as a child process with a generated config,
+bound to 127.0.0.1, persistence in the data directory. It is stopped with the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def find_mosquitto() -> str:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in MOSQUITTO_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise BrokerError(
+        "mosquitto is not installed: run `make run` (it installs it), or `apt-get install "
+        "mosquitto`, or use an existing broker with --mqtt-url mqtt://HOST:PORT"
+    )
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def resolve_port(requested: str | int, default: int, option: str, hint: str) -> int:
+    """``"auto"`` -> ``default`` if free, else any free port. A number must be free, or we
+    fail with a message naming the options that fix it."""
+    if str(requested) == "auto":
+        return default if port_is_free(default) else free_port()
+    port = int(requested)
+    if port != 0 and not port_is_free(port):
+        raise BrokerError(f"port {port} is already in use: pick another with {option}, "
+                          f"use {option} auto, or {hint}")
+    return port if port != 0 else free_port()
+
+
+class EmbeddedBroker:
+    """A mosquitto process owned by the hub."""
+
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.data_dir = Path(data_dir) / "mosquitto"
+        self.port = port
+        self.host = host
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def config_text(self) -> str:
+        return "\n".join([
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "user root" if os.geteuid() == 0 else "",
+            "persistence true",
+            f"persistence_location {self.data_dir}/",
+            "autosave_interval 5",
+            "max_queued_messages 100000",
+            "max_inflight_messages 100",
+            "message_size_limit 1048576",
+            f"log_dest file {self.data_dir}/mosquitto.log",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "",
+        ])
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        binary = find_mosquitto()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "mosquitto.conf"
+        conf.write_text(self.config_text())
+        self.process = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise BrokerError(f"mosquitto exited at start (code {self.process.returncode}): "
+                                  f"{err.strip()[:500]}")
+            try:
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                await writer.wait_closed()
+                return
+            except OSError:
+                if loop.time() > deadline:
+                    await self.stop()
+                    raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout_s} s")
+                await asyncio.sleep(0.02)
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout_s)
+        except asyncio.TimeoutError:
+            process.kill()
+            await asyncio.to_thread(process.wait)

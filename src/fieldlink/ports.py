@@ -1,0 +1,101 @@
+"""The seams between the hub and its backends. One small Protocol each; every implementation
+(memory, sqlite, and later postgres/redis) honours the contract in the docstring, and the
+contract test suite (tests/contract) runs against all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fieldlink.core.model import Device, Record
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A live event on its way to clients.
+
+    ``data`` is the event body already encoded as JSON, exactly once, at the source; the gateway
+    wraps it per channel without decoding it again. ``channels`` lists every channel that carries
+    it (``device:n1``, ``all``).
+    """
+
+    type: str
+    channels: tuple[str, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a committed batch did with the records it was given."""
+
+    stored: int
+    duplicates: int
+
+
+class Store(Protocol):
+    """Durable history and the device registry.
+
+    Ordering: writes submitted in order are committed in order. ``write`` returns a future that
+    resolves once the records are committed (durable under the store's sync setting) or fails
+    with ``DependencyDown``; callers that promise durability (HTTP 2xx, MQTT QoS 1 ack) await
+    it, fire-and-forget callers may drop it. Records with the same ``(device_id, seq)`` are
+    stored once; later copies count as ``duplicates``. ``close`` commits everything pending.
+    """
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def write(self, records: Sequence[Record]) -> asyncio.Future[WriteResult]: ...
+
+    def save_device(self, device: Device) -> None:
+        """Insert or update a device (ordered with ``write``; committed with the next batch)."""
+
+    async def get_device(self, device_id: str) -> Device | None: ...
+
+    async def list_devices(self) -> list[Device]: ...
+
+    async def query_range(
+        self, device_id: str, start_ms: int, end_ms: int, limit: int, newest_first: bool = False
+    ) -> list[Record]:
+        """Records with ``start_ms <= ts < end_ms``, ordered by time, at most ``limit``."""
+
+    async def query_buckets(
+        self, device_id: str, start_ms: int, end_ms: int, bucket_ms: int, agg: str
+    ) -> list[dict[str, Any]]:
+        """One row per bucket that has data: ``{"ts": bucket_start_ms, metric: value, ...}``
+        for every numeric metric; ``agg`` is avg|min|max|last|count."""
+
+    async def latest(self, device_id: str) -> Record | None:
+        """The newest stored record of the device (used to rebuild the cache)."""
+
+
+class Cache(Protocol):
+    """Latest state per device with a TTL. Never the source of truth: a miss is answered from
+    the store. Reads and writes are synchronous for the in-process implementation; a networked
+    implementation keeps a local mirror so the hot path never awaits it."""
+
+    def set_latest(self, record: Record, now_ms: int) -> None: ...
+
+    def get_latest(self, device_id: str, now_ms: int) -> Record | None: ...
+
+
+EventHandler = Callable[[Event], None]
+
+
+class Bus(Protocol):
+    """Carries events from the instance that produced them to every gateway.
+
+    The in-process bus is single node only. Delivery is at most once; a handler is called in
+    publish order for events of one producer, and must not block (it only enqueues). Handlers
+    registered before ``publish`` see every event published after registration.
+    """
+
+    def subscribe(self, handler: EventHandler) -> None: ...
+
+    def publish(self, event: Event) -> None: ...
+
+    async def close(self) -> None: ...

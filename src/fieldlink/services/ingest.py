@@ -1,0 +1,307 @@
+"""The one ingest path shared by MQTT and HTTP: decode -> validate -> dedupe -> register ->
+store -> cache -> status -> publish.
+
+Counting contract (SPEC §5): every telemetry record that enters is ``received`` once and ends
+as exactly one of ``stored``, ``rejected`` (by reason; a duplicate ``(device, seq)`` is
+rejected with reason ``duplicate``) or ``dropped`` (the store failed or its buffer was full).
+While writes are in flight they are ``pending``; ``received == stored + rejected + dropped +
+pending`` holds at every instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fieldlink.core import channels
+from fieldlink.core.codec import DEFAULT_LIMITS, Limits, decode_json, parse_status, validate_record
+from fieldlink.core.errors import DependencyDown, ValidationError
+from fieldlink.core.model import Device, Record, is_valid_device_id
+from fieldlink.core.status import StatusBook, StatusChange
+from fieldlink.core.topics import TopicKind, TopicScheme
+from fieldlink.ports import Bus, Cache, Event, Store, WriteResult
+
+log = logging.getLogger("fieldlink.ingest")
+
+DUPLICATE = "duplicate"
+UNKNOWN_TOPIC = "unknown_topic"
+STORE_UNAVAILABLE = "store_unavailable"
+BUFFER_FULL = "buffer_full"
+RECENT_SEQS_PER_DEVICE = 1024
+
+
+@dataclass(slots=True)
+class IngestCounters:
+    received: int = 0
+    stored: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    status_messages: int = 0
+    status_rejected: int = 0
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + n
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    def balanced(self) -> bool:
+        """The SPEC §5 invariant once nothing is in flight."""
+        return self.pending == 0 and (
+            self.stored + self.rejected_total + self.dropped_total == self.received
+        )
+
+
+@dataclass(slots=True)
+class HttpIngestResult:
+    accepted: int
+    stored: int
+    duplicates: int
+    errors: list[dict[str, Any]]
+
+
+class Ingestor:
+    """Owns the device registry, dedupe window and counters. One per hub process."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        cache: Cache,
+        bus: Bus,
+        status: StatusBook,
+        scheme: TopicScheme,
+        clock_ms: Callable[[], int],
+        limits: Limits = DEFAULT_LIMITS,
+        max_pending_records: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.bus = bus
+        self.status = status
+        self.scheme = scheme
+        self.clock_ms = clock_ms
+        self.limits = limits
+        self.max_pending_records = max_pending_records
+        self.counters = IngestCounters()
+        self.devices: dict[str, Device] = {}
+        self._recent: dict[str, OrderedDict[int, None]] = {}
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    async def load(self) -> None:
+        """Load the device registry from the store (call once at start)."""
+        for device in await self.store.list_devices():
+            self.devices[device.id] = device
+
+    # ---- transports in ------------------------------------------------------------------
+
+    def ingest_mqtt(self, topic: str, payload: bytes) -> asyncio.Future[WriteResult] | None:
+        """Handle one MQTT message. Returns the store future for telemetry that was accepted
+        (for QoS 1 acknowledgement after commit), else None. Never raises for bad input."""
+        match = self.scheme.match(topic)
+        if match is None:
+            self.counters.received += 1
+            self.counters.reject(UNKNOWN_TOPIC)
+            return None
+        if match.kind is TopicKind.STATUS:
+            self._status_message(match.device_id or "", payload)
+            return None
+        if match.kind not in (TopicKind.TELEMETRY, TopicKind.ROUTE):
+            return None
+        self.counters.received += 1
+        try:
+            obj = decode_json(payload, self.limits)
+            if match.route is not None:
+                device_id, obj = match.route.extract(topic, obj)
+                record = validate_record(
+                    obj, now_ms=self.clock_ms(), device_id=device_id, kind=match.route.kind,
+                    limits=self.limits,
+                )
+            else:
+                if isinstance(obj, dict) and "device_id" in obj and obj["device_id"] != match.device_id:
+                    raise ValidationError(
+                        "device_id_mismatch", "device_id in the payload differs from the topic",
+                        "$.device_id",
+                    )
+                record = validate_record(
+                    obj, now_ms=self.clock_ms(), device_id=match.device_id, limits=self.limits
+                )
+        except ValidationError as exc:
+            self.counters.reject(exc.code)
+            log.info("mqtt record rejected on %s: %s (%s)", topic[:200], exc.code, exc.message)
+            return None
+        if not self._accept(record):
+            return None
+        return self._store([record], settle_on_error=True)
+
+    async def ingest_http(self, body: bytes) -> HttpIngestResult:
+        """Handle ``POST /api/telemetry`` (one record or a list). Returns once accepted records
+        are committed; raises ``ValidationError`` for a body that holds no record at all and
+        ``DependencyDown`` when the store cannot take them."""
+        try:
+            obj = decode_json(body, self.limits)
+        except ValidationError:
+            self.counters.received += 1
+            self.counters.reject("invalid_json" if body else "empty_body")
+            raise
+        items = obj if isinstance(obj, list) else [obj]
+        if len(items) > self.limits.max_batch_records:
+            self.counters.received += 1
+            self.counters.reject("too_many_records")
+            raise ValidationError(
+                "too_many_records", f"at most {self.limits.max_batch_records} records per request"
+            )
+        if not items:
+            raise ValidationError("no_records", "the list holds no records")
+        self.counters.received += len(items)
+        now_ms = self.clock_ms()
+        accepted: list[Record] = []
+        errors: list[dict[str, Any]] = []
+        duplicates = 0
+        for index, item in enumerate(items):
+            try:
+                record = validate_record(item, now_ms=now_ms, limits=self.limits)
+            except ValidationError as exc:
+                self.counters.reject(exc.code)
+                detail = exc.to_dict()
+                if isinstance(obj, list):
+                    detail["path"] = f"$[{index}]" + str(detail["path"])[1:]
+                errors.append(detail)
+                continue
+            if self._accept(record):
+                accepted.append(record)
+            else:
+                duplicates += 1
+        if errors and not accepted and not duplicates:
+            first = errors[0]
+            raise ValidationError(str(first["code"]), str(first["message"]), str(first["path"]))
+        stored = 0
+        if accepted:
+            result = await self._store(accepted, settle_on_error=False)
+            stored = result.stored
+            duplicates += result.duplicates
+        return HttpIngestResult(len(accepted), stored, duplicates, errors)
+
+    # ---- the shared path ----------------------------------------------------------------
+
+    def _accept(self, record: Record) -> bool:
+        """Dedupe, register, cache, update status and publish. False for a duplicate."""
+        device_id = record.device_id
+        if record.seq is not None:
+            recent = self._recent.get(device_id)
+            if recent is None:
+                recent = self._recent[device_id] = OrderedDict()
+            if record.seq in recent:
+                self.counters.reject(DUPLICATE)
+                return False
+            recent[record.seq] = None
+            if len(recent) > RECENT_SEQS_PER_DEVICE:
+                recent.popitem(last=False)
+        now_ms = self.clock_ms()
+        self._register(device_id, record.kind, record.meta, now_ms)
+        self.cache.set_latest(record, now_ms)
+        change = self.status.activity(device_id, now_ms)
+        if change is not None:
+            self.publish_status(change)
+        self.bus.publish(
+            Event("telemetry", channels.for_device_event(device_id),
+                  orjson.dumps(record.to_event_data()))
+        )
+        return True
+
+    def _register(self, device_id: str, kind: str, meta: dict[str, Any] | None, now_ms: int) -> None:
+        device = self.devices.get(device_id)
+        if device is None:
+            device = Device(device_id, kind, dict(meta or {}), now_ms, now_ms)
+            self.devices[device_id] = device
+            self.store.save_device(device)
+            self._publish_device(device, "created")
+        elif meta and any(device.meta.get(k) != v for k, v in meta.items()):
+            device.meta.update(meta)
+            self.store.save_device(device)
+            self._publish_device(device, "updated")
+
+    def _publish_device(self, device: Device, action: str) -> None:
+        data = {"device_id": device.id, "action": action, "kind": device.kind, "meta": device.meta}
+        self.bus.publish(Event("device", channels.for_device_event(device.id), orjson.dumps(data)))
+
+    def _store(self, records: list[Record], *, settle_on_error: bool) -> asyncio.Future[WriteResult]:
+        n = len(records)
+        if self.counters.pending + n > self.max_pending_records:
+            self.counters.drop(BUFFER_FULL, n)
+            future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+            future.set_exception(DependencyDown("the store's write buffer is full"))
+            future.exception()  # mark retrieved: fire-and-forget callers never look
+            return future
+        self.counters.pending += n
+        self._settled.clear()
+        future = self.store.write(records)
+        future.add_done_callback(lambda f: self._written(f, n))
+        return future
+
+    def _written(self, future: asyncio.Future[WriteResult], n: int) -> None:
+        self.counters.pending -= n
+        if future.cancelled() or future.exception() is not None:
+            self.counters.drop(STORE_UNAVAILABLE, n)
+            log.warning("store write of %d records failed: %s", n,
+                        None if future.cancelled() else future.exception())
+        else:
+            result = future.result()
+            self.counters.stored += result.stored
+            if result.duplicates:
+                self.counters.reject(DUPLICATE, result.duplicates)
+        if self.counters.pending == 0:
+            self._settled.set()
+
+    async def settled(self) -> None:
+        """Wait until no write is in flight (tests and shutdown use it)."""
+        await self._settled.wait()
+
+    # ---- status -------------------------------------------------------------------------
+
+    def _status_message(self, device_id: str, payload: bytes) -> None:
+        self.counters.status_messages += 1
+        if not payload:  # an empty retained message clears the retained status: nothing to do
+            return
+        try:
+            if not is_valid_device_id(device_id):
+                raise ValidationError("invalid_device_id", "invalid device id in status topic")
+            status = parse_status(payload, self.limits)
+        except ValidationError as exc:
+            self.counters.status_rejected += 1
+            log.info("status message rejected for %r: %s", device_id[:130], exc.message)
+            return
+        now_ms = self.clock_ms()
+        self._register(device_id, "edge", None, now_ms)
+        change = self.status.report(device_id, status, now_ms)  # type: ignore[arg-type]
+        if change is not None:
+            self.publish_status(change)
+
+    def publish_status(self, change: StatusChange) -> None:
+        self.bus.publish(
+            Event("status", channels.for_device_event(change.device_id),
+                  orjson.dumps(change.to_event_data()))
+        )
+
+    def sweep_status(self) -> int:
+        """Mark silent devices offline and publish each change. Returns how many changed."""
+        changes = self.status.sweep(self.clock_ms())
+        for change in changes:
+            self.publish_status(change)
+        return len(changes)

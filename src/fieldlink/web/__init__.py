@@ -1,0 +1,1 @@
+"""Static dashboard assets (index.html), served at /."""
