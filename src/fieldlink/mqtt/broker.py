@@ -95,15 +95,17 @@ class EmbeddedBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(self.config_text())
-        self.process = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        stderr_path = self.data_dir / "mosquitto.stderr"
+        with open(stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr,
+                start_new_session=True,
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = stderr_path.read_text(errors="replace")
                 raise BrokerError(f"mosquitto exited at start (code {self.process.returncode}): "
                                   f"{err.strip()[:500]}")
             try:
