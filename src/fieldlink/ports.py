@@ -19,12 +19,14 @@ class Event:
 
     ``data`` is the event body already encoded as JSON, exactly once, at the source; the gateway
     wraps it per channel without decoding it again. ``channels`` lists every channel that carries
-    it (``device:n1``, ``all``).
+    it (``device:n1``, ``all``). ``key`` names what the event is about (the device id): a
+    client that lags behind receives only the latest event per ``(channel, type, key)``.
     """
 
     type: str
     channels: tuple[str, ...]
     data: bytes
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

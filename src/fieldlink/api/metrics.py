@@ -59,6 +59,9 @@ class RuntimeCollector:
                                   value=h.frames_written)
         yield CounterMetricFamily("fieldlink_ws_slow_disconnects",
                                   "Clients closed as slow consumers", value=h.slow_disconnects)
+        yield CounterMetricFamily("fieldlink_ws_conflated",
+                                  "Events replaced by a newer one for a lagging client",
+                                  value=h.conflated)
         yield CounterMetricFamily("fieldlink_ws_client_errors",
                                   "Client messages answered with an error", value=h.client_errors)
 

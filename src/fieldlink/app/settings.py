@@ -22,7 +22,8 @@ class Settings:
     silence_timeout_s: float = 60.0
     status_sweep_s: float = 1.0
     ws_path: str = "/ws"
-    ws_max_pending_bytes: int = 4 * 1024 * 1024
+    ws_max_pending_bytes: int = 1024 * 1024
+    ws_slow_timeout_s: float = 10.0
     ws_ping_interval_s: float = 20.0
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     simulate: int = 0

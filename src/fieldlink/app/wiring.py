@@ -14,7 +14,12 @@ from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
 from fieldlink.gateway.hub import Hub
-from fieldlink.gateway.ws import GatewaySettings, keepalive, websocket_protocol_factory
+from fieldlink.gateway.ws import (
+    GatewaySettings,
+    keepalive,
+    sweep_slow,
+    websocket_protocol_factory,
+)
 from fieldlink.mqtt.broker import EmbeddedBroker
 from fieldlink.mqtt.listener import MqttIngest
 from fieldlink.ports import Store
@@ -69,7 +74,7 @@ class Runtime:
         )
         self.views = DeviceViews(self.ingestor)
         self.hub = Hub(self.views.snapshot, max_pending_bytes=settings.ws_max_pending_bytes,
-                       clock_ms=now_ms)
+                       slow_timeout_s=settings.ws_slow_timeout_s, clock_ms=now_ms)
         self.bus.subscribe(self.hub.publish)
         self.gateway_settings = GatewaySettings(
             path=settings.ws_path, max_message_bytes=settings.limits.max_payload_bytes,
@@ -94,6 +99,7 @@ class Runtime:
         await self.mqtt.start()
         self._tasks.append(asyncio.create_task(self._sweep_status()))
         self._tasks.append(asyncio.create_task(keepalive(self.hub, self.gateway_settings)))
+        self._tasks.append(asyncio.create_task(sweep_slow(self.hub)))
 
     async def _sweep_status(self) -> None:
         while True:

@@ -9,6 +9,7 @@ topic (``SubTronics/data``) to telemetry: where the device id comes from, and a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -69,7 +70,8 @@ class FieldMapping:
         for name, factor in self.scale.items():
             value = out.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[name] = value * factor
+                # Decimal on the shortest repr: 473 * 0.1 gives 47.3, not 47.300000000000004.
+                out[name] = float(Decimal(repr(value)) * Decimal(repr(factor)))
         return out
 
 

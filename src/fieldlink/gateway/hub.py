@@ -1,4 +1,4 @@
-"""Channels, membership and corked fan-out.
+"""Channels, membership and corked fan-out, with an explicit overload policy.
 
 Theory of operation. ``publish`` (the bus handler) gives each event the next sequence number
 of every channel that carries it and, if the channel has members, appends the event's JSON to
@@ -11,8 +11,13 @@ Flushes run on the next loop tick when the hub is idle. When a flush was expensi
 members), the next one waits as long as the last one took, so fan-out uses at most about half
 of the loop and events batch up instead of queueing behind syscalls.
 
-A member whose transport buffer holds more than ``max_pending_bytes`` is a slow consumer: it is
-closed with ``CloseCode.SLOW_CONSUMER`` and counted; nobody else waits for it.
+Slow clients. When a member's transport buffer passes ``max_pending_bytes`` the transport
+pauses it; while paused it is not written to, and its events are conflated: it keeps only the
+latest event per (channel, type, device), so its backlog is bounded by the number of devices,
+not by time. When the buffer drains the backlog is written as one frame (sequence numbers show
+the gap). A member paused longer than ``slow_timeout_s``, or whose buffer passes
+``4 * max_pending_bytes``, is closed with ``CloseCode.SLOW_CONSUMER`` and counted; nobody else
+waits for it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class Member(Protocol):
     subscriptions: set[str]
     out: list[bytes]
     closing: bool
+    paused_since: float | None
+    backlog: dict[tuple[str, str, str], bytes]
 
     def write(self, data: bytes) -> None: ...
 
@@ -51,13 +58,25 @@ class Member(Protocol):
 
 
 class Channel:
-    __slots__ = ("name", "seq", "members", "pending")
+    __slots__ = ("name", "seq", "members", "pending", "pending_keys")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.seq = 0
         self.members: set[Member] = set()
         self.pending: list[bytes] = []
+        self.pending_keys: list[tuple[str, str, str]] = []
+
+
+def frames_for(payloads: list[bytes]) -> bytes:
+    """Frames for a list of event payloads: one object, or JSON arrays of at most
+    MAX_EVENTS_PER_FRAME events."""
+    if len(payloads) == 1:
+        return text_frame(payloads[0])
+    return b"".join(
+        text_frame(b"[" + b",".join(payloads[i : i + MAX_EVENTS_PER_FRAME]) + b"]")
+        for i in range(0, len(payloads), MAX_EVENTS_PER_FRAME)
+    )
 
 
 @dataclass(slots=True)
@@ -69,6 +88,7 @@ class HubStats:
     frames_written: int = 0
     flushes: int = 0
     slow_disconnects: int = 0
+    conflated: int = 0
     client_errors: int = 0
 
 
@@ -81,13 +101,16 @@ class Hub:
         self,
         snapshot: SnapshotFn,
         *,
-        max_pending_bytes: int = 4 * 1024 * 1024,
+        max_pending_bytes: int = 1024 * 1024,
+        slow_timeout_s: float = 10.0,
         flush_backoff: float = 1.0,
         max_flush_delay_s: float = 0.05,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.snapshot = snapshot
         self.max_pending_bytes = max_pending_bytes
+        self.slow_timeout_s = slow_timeout_s
+        self.paused: set[Member] = set()
         self.flush_backoff = flush_backoff
         self.max_flush_delay_s = max_flush_delay_s
         self.clock_ms = clock_ms
@@ -115,6 +138,7 @@ class Hub:
                 channel.pending.append(
                     protocol.event_payload(event.type, name, channel.seq, event.data)
                 )
+                channel.pending_keys.append((name, event.type, event.key or str(channel.seq)))
         if self._dirty and not self._scheduled:
             self._schedule()
 
@@ -139,31 +163,27 @@ class Hub:
         deliveries = 0
         for channel in dirty:
             pending, channel.pending = channel.pending, []
+            keys, channel.pending_keys = channel.pending_keys, []
             members = channel.members
             if not members:
                 continue
-            blob = b"".join(
-                text_frame(
-                    pending[i]
-                    if len(pending) - i == 1
-                    else b"[" + b",".join(pending[i : i + MAX_EVENTS_PER_FRAME]) + b"]"
-                )
-                for i in range(0, len(pending), MAX_EVENTS_PER_FRAME)
-            )
+            blob = frames_for(pending)
             deliveries += len(pending) * len(members)
             for member in members:
+                if member.paused_since is not None:
+                    self._conflate(member, keys, pending)
+                    continue
                 out = member.out
                 if not out:
                     touched.append(member)
                 out.append(blob)
-        limit = self.max_pending_bytes
+        hard_limit = 4 * self.max_pending_bytes
         for member in touched:
             out, member.out = member.out, []
             if member.closing:
                 continue
-            if member.buffered_bytes() > limit:
-                self.stats.slow_disconnects += 1
-                self.kick(member, CloseCode.SLOW_CONSUMER, "slow consumer: outbox over limit")
+            if member.buffered_bytes() > hard_limit:
+                self._kick_slow(member, "slow consumer: outbox over its hard limit")
                 continue
             member.write(out[0] if len(out) == 1 else b"".join(out))
         self.stats.deliveries += deliveries
@@ -171,6 +191,43 @@ class Hub:
         self.stats.flushes += 1
         ended = time.perf_counter()
         self._next_flush_at = ended + (ended - started) * self.flush_backoff
+
+    def _conflate(self, member: Member, keys: list[tuple[str, str, str]], payloads: list[bytes]) -> None:
+        backlog = member.backlog
+        for key, payload in zip(keys, payloads):
+            if backlog.pop(key, None) is not None:
+                self.stats.conflated += 1
+            backlog[key] = payload  # re-inserted last: the backlog stays in event order
+
+    # ---- slow consumers -----------------------------------------------------------------
+
+    def pause(self, member: Member) -> None:
+        """The member's transport buffer passed the high-water mark."""
+        if member.paused_since is None:
+            member.paused_since = time.monotonic()
+            self.paused.add(member)
+
+    def resume(self, member: Member) -> None:
+        """The member's buffer drained: send its conflated backlog as one write."""
+        member.paused_since = None
+        self.paused.discard(member)
+        if member.backlog and not member.closing:
+            payloads = list(member.backlog.values())
+            member.backlog.clear()
+            member.write(frames_for(payloads))
+
+    def sweep_slow(self, now: float | None = None) -> int:
+        """Close members paused for longer than ``slow_timeout_s``. Returns how many."""
+        now = time.monotonic() if now is None else now
+        stale = [m for m in self.paused
+                 if m.paused_since is not None and now - m.paused_since > self.slow_timeout_s]
+        for member in stale:
+            self._kick_slow(member, "slow consumer: not reading")
+        return len(stale)
+
+    def _kick_slow(self, member: Member, reason: str) -> None:
+        self.stats.slow_disconnects += 1
+        self.kick(member, CloseCode.SLOW_CONSUMER, reason)
 
     # ---- members ------------------------------------------------------------------------
 
@@ -187,6 +244,8 @@ class Hub:
             if channel is not None:
                 channel.members.discard(member)
         member.subscriptions.clear()
+        member.backlog.clear()
+        self.paused.discard(member)
         self.members.discard(member)
         self.stats.connected = len(self.members)
 

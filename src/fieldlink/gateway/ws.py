@@ -58,6 +58,8 @@ class GatewayConnection(asyncio.Protocol):
         self.client_id = secrets.token_urlsafe(9)
         self.subscriptions: set[str] = set()
         self.out: list[bytes] = []
+        self.paused_since: float | None = None
+        self.backlog: dict[tuple[str, str, str], bytes] = {}
         self.closing = False
         self.opened = False
         self.last_rx = time.monotonic()
@@ -104,10 +106,14 @@ class GatewayConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.delegate is not None:
             self.delegate.pause_writing()
+        elif self.opened and not self.closing:
+            self.hub.pause(self)
 
     def resume_writing(self) -> None:
         if self.delegate is not None:
             self.delegate.resume_writing()
+        elif self.opened and not self.closing:
+            self.hub.resume(self)
 
     def shutdown(self) -> None:
         """uvicorn calls this on server shutdown: tell the client to reconnect elsewhere."""
@@ -188,6 +194,9 @@ class GatewayConnection(asyncio.Protocol):
         self._write_pending()
         if response.status_code == 101:
             self.opened = True
+            assert self.transport is not None
+            # Above this the transport calls pause_writing and the hub conflates (hub.py).
+            self.transport.set_write_buffer_limits(high=self.hub.max_pending_bytes)
             self.hub.add(self)
         else:
             self.closing = True
@@ -218,6 +227,14 @@ class GatewayConnection(asyncio.Protocol):
 def websocket_protocol_factory(hub: Hub, settings: GatewaySettings) -> type[GatewayConnection]:
     """A GatewayConnection class bound to one hub, to pass to ``uvicorn.Config(ws=...)``."""
     return type("BoundGatewayConnection", (GatewayConnection,), {"hub": hub, "settings": settings})
+
+
+async def sweep_slow(hub: Hub) -> None:
+    """Close members that stay paused longer than the hub's slow timeout."""
+    interval = max(0.05, min(1.0, hub.slow_timeout_s / 4))
+    while True:
+        await asyncio.sleep(interval)
+        hub.sweep_slow()
 
 
 async def keepalive(hub: Hub, settings: GatewaySettings) -> None:

@@ -221,7 +221,7 @@ class Ingestor:
             self.publish_status(change)
         self.bus.publish(
             Event("telemetry", channels.for_device_event(device_id),
-                  orjson.dumps(record.to_event_data()))
+                  orjson.dumps(record.to_event_data()), device_id)
         )
         return True
 
@@ -239,7 +239,9 @@ class Ingestor:
 
     def _publish_device(self, device: Device, action: str) -> None:
         data = {"device_id": device.id, "action": action, "kind": device.kind, "meta": device.meta}
-        self.bus.publish(Event("device", channels.for_device_event(device.id), orjson.dumps(data)))
+        self.bus.publish(
+            Event("device", channels.for_device_event(device.id), orjson.dumps(data), device.id)
+        )
 
     def _store(self, records: list[Record], *, settle_on_error: bool) -> asyncio.Future[WriteResult]:
         n = len(records)
@@ -296,7 +298,7 @@ class Ingestor:
     def publish_status(self, change: StatusChange) -> None:
         self.bus.publish(
             Event("status", channels.for_device_event(change.device_id),
-                  orjson.dumps(change.to_event_data()))
+                  orjson.dumps(change.to_event_data()), change.device_id)
         )
 
     def sweep_status(self) -> int:
