@@ -128,19 +128,41 @@ def _check_value(value: Any, path: str, depth: int, limits: Limits) -> None:
         raise ValidationError(INVALID_VALUE, "unsupported value type", path)
 
 
+_VALID_KEYS: set[str] = set()
+_VALID_KEYS_MAX = 65_536  # a memo of KEY_RE results; devices repeat the same few keys
+
+
 def _check_object(obj: dict[str, Any], path: str, depth: int, limits: Limits) -> None:
     if len(obj) > limits.max_keys:
         raise ValidationError(TOO_MANY_KEYS, f"more than {limits.max_keys} keys", path)
+    valid_keys = _VALID_KEYS
     for key, value in obj.items():
-        if KEY_RE.fullmatch(key) is None:
-            shown = key[:40].encode("unicode_escape").decode("ascii")
-            raise ValidationError(
-                INVALID_KEY,
-                f"key {shown!r} must be 1-128 characters of letters, digits and _.:- "
-                "(not starting with . : or -)",
-                path,
-            )
-        _check_value(value, f"{path}.{key}", depth, limits)
+        if key not in valid_keys:
+            if KEY_RE.fullmatch(key) is None:
+                shown = key[:40].encode("unicode_escape").decode("ascii")
+                raise ValidationError(
+                    INVALID_KEY,
+                    f"key {shown!r} must be 1-128 characters of letters, digits and _.:- "
+                    "(not starting with . : or -)",
+                    path,
+                )
+            if len(valid_keys) < _VALID_KEYS_MAX:
+                valid_keys.add(key)
+        # Fast path for the common flat record of scalars; everything else takes the full walk.
+        kind = type(value)
+        if kind is float:
+            if value - value != 0.0:  # inf - inf and nan - nan are nan
+                raise ValidationError(NON_FINITE, "numbers must be finite", f"{path}.{key}")
+        elif kind is int or kind is bool or value is None:
+            pass
+        elif kind is str:
+            if len(value) > limits.max_string_chars:
+                raise ValidationError(
+                    INVALID_VALUE, f"string longer than {limits.max_string_chars} characters",
+                    f"{path}.{key}",
+                )
+        else:
+            _check_value(value, f"{path}.{key}", depth, limits)
 
 
 def validate_record(

@@ -144,6 +144,7 @@ class TopicScheme:
         self.routes = routes
         self._exact = {r.topic: r for r in routes if "+" not in r.topic and "#" not in r.topic}
         self._wild = [r for r in routes if r.topic not in self._exact]
+        self._memo: dict[str, TopicMatch | None] = {}
 
     def telemetry(self, device_id: str) -> str:
         return f"{self.prefix}/{device_id}/telemetry"
@@ -164,7 +165,20 @@ class TopicScheme:
         return filters
 
     def match(self, topic: str) -> TopicMatch | None:
-        """Classify an incoming topic; None means "not ours" (counted as ``unknown_topic``)."""
+        """Classify an incoming topic; None means "not ours" (counted as ``unknown_topic``).
+
+        Results are memoized (devices reuse their topics); the memo is reset past 100k topics.
+        """
+        try:
+            return self._memo[topic]
+        except KeyError:
+            pass
+        if len(self._memo) >= 100_000:
+            self._memo.clear()
+        result = self._memo[topic] = self._classify(topic)
+        return result
+
+    def _classify(self, topic: str) -> TopicMatch | None:
         route = self._exact.get(topic)
         if route is not None:
             return TopicMatch(TopicKind.ROUTE, route=route)

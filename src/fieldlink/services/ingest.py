@@ -103,6 +103,8 @@ class Ingestor:
         self._recent: dict[str, OrderedDict[int, None]] = {}
         self._settled = asyncio.Event()
         self._settled.set()
+        self._batch: list[Record] = []
+        self._batch_future: asyncio.Future[WriteResult] | None = None
 
     async def load(self) -> None:
         """Load the device registry from the store (call once at start)."""
@@ -148,7 +150,7 @@ class Ingestor:
             return None
         if not self._accept(record):
             return None
-        return self._store([record], settle_on_error=True)
+        return self._enqueue(record)
 
     async def ingest_http(self, body: bytes) -> HttpIngestResult:
         """Handle ``POST /api/telemetry`` (one record or a list). Returns once accepted records
@@ -193,7 +195,7 @@ class Ingestor:
             raise ValidationError(str(first["code"]), str(first["message"]), str(first["path"]))
         stored = 0
         if accepted:
-            result = await self._store(accepted, settle_on_error=False)
+            result = await self._store(accepted)
             stored = result.stored
             duplicates += result.duplicates
         return HttpIngestResult(len(accepted), stored, duplicates, errors)
@@ -243,31 +245,69 @@ class Ingestor:
             Event("device", channels.for_device_event(device.id), orjson.dumps(data), device.id)
         )
 
-    def _store(self, records: list[Record], *, settle_on_error: bool) -> asyncio.Future[WriteResult]:
-        n = len(records)
-        if self.counters.pending + n > self.max_pending_records:
-            self.counters.drop(BUFFER_FULL, n)
-            future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-            future.set_exception(DependencyDown("the store's write buffer is full"))
-            future.exception()  # mark retrieved: fire-and-forget callers never look
-            return future
-        self.counters.pending += n
-        self._settled.clear()
-        future = self.store.write(records)
-        future.add_done_callback(lambda f: self._written(f, n))
+    def _full(self, n: int) -> asyncio.Future[WriteResult] | None:
+        """A failed future (and the records counted as dropped) if the buffer cannot take n."""
+        if self.counters.pending + n <= self.max_pending_records:
+            return None
+        self.counters.drop(BUFFER_FULL, n)
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        future.set_exception(DependencyDown("the store's write buffer is full"))
+        future.exception()  # mark retrieved: fire-and-forget callers never look
         return future
 
-    def _written(self, future: asyncio.Future[WriteResult], n: int) -> None:
+    def _enqueue(self, record: Record) -> asyncio.Future[WriteResult]:
+        """Add an MQTT record to this loop tick's batch; one store write per tick. The returned
+        future (shared by the batch) resolves when the batch is committed."""
+        refused = self._full(1)
+        if refused is not None:
+            return refused
+        self.counters.pending += 1
+        self._settled.clear()
+        if self._batch_future is None:
+            loop = asyncio.get_running_loop()
+            self._batch_future = loop.create_future()
+            loop.call_soon(self._flush_batch)
+        self._batch.append(record)
+        return self._batch_future
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        waiter, self._batch_future = self._batch_future, None
+        assert waiter is not None
+        self.store.write(batch).add_done_callback(
+            lambda f: self._written(f, len(batch), waiter)
+        )
+
+    def _store(self, records: list[Record]) -> asyncio.Future[WriteResult]:
+        refused = self._full(len(records))
+        if refused is not None:
+            return refused
+        self.counters.pending += len(records)
+        self._settled.clear()
+        waiter: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self.store.write(records).add_done_callback(
+            lambda f: self._written(f, len(records), waiter)
+        )
+        return waiter
+
+    def _written(
+        self, future: asyncio.Future[WriteResult], n: int, waiter: asyncio.Future[WriteResult]
+    ) -> None:
         self.counters.pending -= n
         if future.cancelled() or future.exception() is not None:
             self.counters.drop(STORE_UNAVAILABLE, n)
-            log.warning("store write of %d records failed: %s", n,
-                        None if future.cancelled() else future.exception())
+            error = None if future.cancelled() else future.exception()
+            log.warning("store write of %d records failed: %s", n, error)
+            if not waiter.done():
+                waiter.set_exception(error or DependencyDown("store write cancelled"))
+                waiter.exception()  # MQTT callers may not look; HTTP callers re-raise it
         else:
             result = future.result()
             self.counters.stored += result.stored
             if result.duplicates:
                 self.counters.reject(DUPLICATE, result.duplicates)
+            if not waiter.done():
+                waiter.set_result(result)
         if self.counters.pending == 0:
             self._settled.set()
 
