@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -55,10 +53,10 @@ def _simulator(settings: Settings):  # type: ignore[no-untyped-def]
 def up(
     http_port: str = typer.Option("8000", help="HTTP/WebSocket port, or 'auto' (8000 if free, else any free port)"),
     mqtt_port: str = typer.Option("1883", help="embedded broker port, or 'auto' (1883 if free, else any free port)"),
-    mqtt_url: Optional[str] = typer.Option(None, help="use this broker (mqtt://HOST:PORT) instead of the embedded one"),
+    mqtt_url: str | None = typer.Option(None, help="use this broker (mqtt://HOST:PORT) instead of the embedded one"),
     data_dir: Path = typer.Option(Path("data"), help="where history and broker state live"),
-    database_url: Optional[str] = typer.Option(None, help="sqlite:///PATH (default: DATA_DIR/fieldlink.db)"),
-    routes: Optional[Path] = typer.Option(None, help="TOML file with custom ingest routes"),
+    database_url: str | None = typer.Option(None, help="sqlite:///PATH (default: DATA_DIR/fieldlink.db)"),
+    routes: Path | None = typer.Option(None, help="TOML file with custom ingest routes"),
     simulate: int = typer.Option(0, help="also run N simulated devices"),
     interval: float = typer.Option(5.0, help="simulated devices report every INTERVAL seconds"),
     seed: int = typer.Option(1, help="simulator seed"),
@@ -93,8 +91,8 @@ def serve(
     mqtt_url: str = typer.Option(..., help="the external broker, mqtt://HOST:PORT"),
     http_port: str = typer.Option("8000", help="HTTP/WebSocket port, or 'auto'"),
     data_dir: Path = typer.Option(Path("data")),
-    database_url: Optional[str] = typer.Option(None),
-    routes: Optional[Path] = typer.Option(None),
+    database_url: str | None = typer.Option(None),
+    routes: Path | None = typer.Option(None),
     silence_timeout: float = typer.Option(60.0),
     host: str = typer.Option("127.0.0.1"),
     log_level: str = typer.Option("warning"),

@@ -4,7 +4,7 @@ with no stack traces."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ def parse_time(value: str | None, default_ms: int, name: str) -> int:
         except ValueError:
             raise ValidationError("invalid_time", f"{name} must be epoch ms or ISO 8601", name) from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
     return int(number if number >= 1e11 else number * 1000)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -85,7 +85,7 @@ def parse_timestamp(value: Any, now_ms: int, limits: Limits = DEFAULT_LIMITS) ->
                 INVALID_TIMESTAMP, f"ts {value!r} is not ISO 8601 or epoch", "$.ts"
             ) from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         ts_ms = int(parsed.timestamp() * 1000)
     else:
         raise ValidationError(INVALID_TIMESTAMP, "ts must be a number or an ISO 8601 string", "$.ts")

@@ -81,8 +81,7 @@ class StatusBook:
         """The device sent telemetry: it is online, whatever it said before."""
         entry = self._entries.get(device_id)
         if entry is not None and entry.status == "online":
-            if now_ms > entry.last_seen_ms:
-                entry.last_seen_ms = now_ms
+            entry.last_seen_ms = max(entry.last_seen_ms, now_ms)
             return None
         return self._set(device_id, "online", now_ms, "telemetry")
 

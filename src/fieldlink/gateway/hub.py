@@ -58,7 +58,7 @@ class Member(Protocol):
 
 
 class Channel:
-    __slots__ = ("name", "seq", "members", "pending", "pending_keys")
+    __slots__ = ("members", "name", "pending", "pending_keys", "seq")
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -126,6 +126,6 @@ class EmbeddedBroker:
         process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.to_thread(process.wait), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             process.kill()
             await asyncio.to_thread(process.wait)

@@ -44,7 +44,7 @@ class MqttIngest:
     async def stop(self) -> None:
         try:
             await asyncio.wait_for(self.client.disconnect(), 5)
-        except (asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             log.warning("mqtt disconnect: %s", exc)
 
     def _on_connect(self, client: Client, flags: Any, rc: Any, properties: Any) -> None:
