@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import uvicorn
 
@@ -16,6 +17,16 @@ from fieldlink.app.settings import Settings
 from fieldlink.app.wiring import Runtime
 
 log = logging.getLogger("fieldlink")
+
+
+class HubServer(uvicorn.Server):
+    """uvicorn's server without its signal handling: uvicorn re-raises a captured SIGTERM when
+    ``serve`` returns, which would kill the process before pending writes are flushed. The
+    process installs its own handlers (``serve`` below)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def uvicorn_config(runtime: Runtime, port: int) -> uvicorn.Config:
@@ -32,8 +43,7 @@ async def running_hub(settings: Settings) -> AsyncIterator[tuple[Runtime, uvicor
     """Start a hub (for tests and embedding) and stop it, flushing writes, on exit."""
     runtime = Runtime(settings)
     await runtime.start()
-    server = uvicorn.Server(uvicorn_config(runtime, settings.http_port))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = HubServer(uvicorn_config(runtime, settings.http_port))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -82,7 +92,16 @@ async def serve(
     """Run until SIGINT/SIGTERM. ``extra`` (the simulator) runs alongside and is cancelled first."""
     runtime = Runtime(settings)
     await runtime.start()
-    server = uvicorn.Server(uvicorn_config(runtime, settings.http_port))
+    server = HubServer(uvicorn_config(runtime, settings.http_port))
+
+    def on_signal() -> None:
+        if server.should_exit:  # a second Ctrl-C: stop waiting for connections to close
+            server.force_exit = True
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     serve_task = asyncio.create_task(server.serve())
     extra_task: asyncio.Task[None] | None = None
     try:

@@ -1,0 +1,135 @@
+"""`fieldlink up` as a user runs it: a real process tree, ports, banner, clean SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+
+from fieldlink.mqtt.broker import free_port
+
+FIELDLINK = [sys.executable, "-m", "fieldlink.cli"]
+
+
+def start_up(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*FIELDLINK, "up", "--data-dir", str(tmp_path / "data"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def read_banner(process: subprocess.Popen[str], timeout_s: float = 20.0) -> str:
+    """Lines up to 'stop with Ctrl-C' (the banner's last line)."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "stop with Ctrl-C" in line:
+            return "".join(lines)
+    process.kill()
+    raise AssertionError("no banner:\n" + "".join(lines))
+
+
+def stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(20)
+    finally:
+        if process.stdout is not None:
+            process.stdout.close()
+    return code
+
+
+def test_sigterm_flushes_every_accepted_record(tmp_path: Path) -> None:
+    http_port, mqtt_port = free_port(), free_port()
+    process = start_up(tmp_path, "--http-port", str(http_port), "--mqtt-port", str(mqtt_port))
+    try:
+        banner = read_banner(process)
+        assert f"http://127.0.0.1:{http_port}/" in banner
+        assert f"mqtt://127.0.0.1:{mqtt_port}" in banner and "embedded mosquitto" in banner
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", mqtt_port)
+        client.loop_start()
+        infos = [client.publish(f"edge/cli{i % 5}/telemetry", json.dumps({"seq": i, "v": i}), qos=1)
+                 for i in range(500)]
+        for info in infos:
+            info.wait_for_publish(10)
+        client.loop_stop()
+        client.disconnect()
+        deadline = time.monotonic() + 10
+        received = 0.0
+        while received < 500 and time.monotonic() < deadline:
+            metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
+            received = next(float(line.split()[1]) for line in metrics.splitlines()
+                            if line.startswith("fieldlink_ingest_received_total"))
+        assert received == 500
+    finally:
+        code = stop(process)
+    assert code == 0
+    with sqlite3.connect(tmp_path / "data" / "fieldlink.db") as db:
+        assert db.execute("SELECT count(*) FROM telemetry").fetchone()[0] == 500
+        assert db.execute("SELECT count(*) FROM devices").fetchone()[0] == 5
+    # The embedded broker went away with the hub.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", mqtt_port), timeout=0.5).close()
+
+
+def test_taken_mqtt_port_fails_with_a_clear_error_and_auto_picks_another(tmp_path: Path) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        result = subprocess.run(
+            [*FIELDLINK, "up", "--data-dir", str(tmp_path / "d1"), "--http-port", "auto",
+             "--mqtt-port", str(taken)], capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode == 2
+        assert f"port {taken} is already in use" in result.stderr
+        assert "--mqtt-url" in result.stderr and "--mqtt-port auto" in result.stderr
+    finally:
+        holder.close()
+
+
+def _hold(port: int) -> socket.socket | None:
+    """Hold a default port for the test; None if something else already holds it."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
+def test_auto_ports_fall_back_when_defaults_are_taken(tmp_path: Path) -> None:
+    holders = [_hold(8000), _hold(1883)]
+    process = start_up(tmp_path, "--http-port", "auto", "--mqtt-port", "auto")
+    try:
+        banner = read_banner(process)
+        http_line = next(line for line in banner.splitlines() if "dashboard" in line)
+        mqtt_line = next(line for line in banner.splitlines() if "MQTT" in line)
+        http_port = int(http_line.rsplit(":", 1)[1].strip("/\n "))
+        mqtt_port = int(mqtt_line.split("mqtt://127.0.0.1:")[1].split()[0])
+        assert http_port != 8000 and mqtt_port != 1883
+        assert httpx.get(f"http://127.0.0.1:{http_port}/health").json()["status"] == "ok"
+    finally:
+        assert stop(process) == 0
+        for holder in holders:
+            if holder is not None:
+                holder.close()
