@@ -133,3 +133,23 @@ def test_auto_ports_fall_back_when_defaults_are_taken(tmp_path: Path) -> None:
         for holder in holders:
             if holder is not None:
                 holder.close()
+
+
+def test_embedded_broker_dies_with_a_killed_hub(tmp_path: Path) -> None:
+    mqtt_port = free_port()
+    process = start_up(tmp_path, "--http-port", "auto", "--mqtt-port", str(mqtt_port))
+    try:
+        read_banner(process)
+    finally:
+        process.kill()
+        process.wait(10)
+        assert process.stdout is not None
+        process.stdout.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", mqtt_port), timeout=0.5).close()
+        except OSError:
+            break  # nothing listens any more: the broker went with the hub
+        assert time.monotonic() < deadline, "the embedded broker outlived its hub"
+        time.sleep(0.05)

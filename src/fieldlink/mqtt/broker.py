@@ -18,6 +18,16 @@ class BrokerError(RuntimeError):
     pass
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGTERM the broker if the hub dies, even by SIGKILL, so no orphan holds the port."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def find_mosquitto() -> str:
     found = shutil.which("mosquitto")
     if found:
@@ -99,7 +109,8 @@ class EmbeddedBroker:
         with open(stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr,
-                start_new_session=True,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the hub, which stops it in order
+                preexec_fn=_die_with_parent,
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
