@@ -22,6 +22,8 @@ run: setup
 
 ## install everything the suite needs (server binaries included) and run every test
 test: setup-test
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(ARGS)
 
 bench: setup-test

@@ -12,8 +12,9 @@ import typer
 from fieldlink.app.settings import Settings
 from fieldlink.mqtt.broker import BrokerError, resolve_port
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="fieldlink: a real-time device hub.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="fieldlink: a real-time device hub."
+)
 
 
 def _run(coro: object) -> None:
@@ -29,7 +30,9 @@ def _run(coro: object) -> None:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _simulator(settings: Settings):  # type: ignore[no-untyped-def]
@@ -40,9 +43,11 @@ def _simulator(settings: Settings):  # type: ignore[no-untyped-def]
         from fieldlink.simulator.runner import run_fleet
 
         await run_fleet(
-            count=settings.simulate, mqtt_url=runtime.mqtt_url,
+            count=settings.simulate,
+            mqtt_url=runtime.mqtt_url,
             http_url=f"http://{settings.http_host}:{http_port}",
-            interval_s=settings.simulate_interval_s, seed=settings.simulate_seed,
+            interval_s=settings.simulate_interval_s,
+            seed=settings.simulate_seed,
             prefix=settings.topic_prefix,
         )
 
@@ -51,16 +56,26 @@ def _simulator(settings: Settings):  # type: ignore[no-untyped-def]
 
 @app.command()
 def up(
-    http_port: str = typer.Option("8000", help="HTTP/WebSocket port, or 'auto' (8000 if free, else any free port)"),
-    mqtt_port: str = typer.Option("1883", help="embedded broker port, or 'auto' (1883 if free, else any free port)"),
-    mqtt_url: str | None = typer.Option(None, help="use this broker (mqtt://HOST:PORT) instead of the embedded one"),
+    http_port: str = typer.Option(
+        "8000", help="HTTP/WebSocket port, or 'auto' (8000 if free, else any free port)"
+    ),
+    mqtt_port: str = typer.Option(
+        "1883", help="embedded broker port, or 'auto' (1883 if free, else any free port)"
+    ),
+    mqtt_url: str | None = typer.Option(
+        None, help="use this broker (mqtt://HOST:PORT) instead of the embedded one"
+    ),
     data_dir: Path = typer.Option(Path("data"), help="where history and broker state live"),
-    database_url: str | None = typer.Option(None, help="sqlite:///PATH (default: DATA_DIR/fieldlink.db)"),
+    database_url: str | None = typer.Option(
+        None, help="sqlite:///PATH (default: DATA_DIR/fieldlink.db)"
+    ),
     routes: Path | None = typer.Option(None, help="TOML file with custom ingest routes"),
     simulate: int = typer.Option(0, help="also run N simulated devices"),
     interval: float = typer.Option(5.0, help="simulated devices report every INTERVAL seconds"),
     seed: int = typer.Option(1, help="simulator seed"),
-    silence_timeout: float = typer.Option(60.0, help="seconds of silence before a device counts as offline"),
+    silence_timeout: float = typer.Option(
+        60.0, help="seconds of silence before a device counts as offline"
+    ),
     host: str = typer.Option("127.0.0.1", help="HTTP bind address"),
     log_level: str = typer.Option("warning"),
 ) -> None:
@@ -72,15 +87,27 @@ def up(
         http = resolve_port(http_port, 8000, "--http-port", "stop what holds it")
         mqtt = 0
         if mqtt_url is None:
-            mqtt = resolve_port(mqtt_port, 1883, "--mqtt-port",
-                                "use the broker that holds it with --mqtt-url mqtt://127.0.0.1:PORT")
+            mqtt = resolve_port(
+                mqtt_port,
+                1883,
+                "--mqtt-port",
+                "use the broker that holds it with --mqtt-url mqtt://127.0.0.1:PORT",
+            )
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     settings = Settings(
-        http_host=host, http_port=http, mqtt_url=mqtt_url, mqtt_port=mqtt, data_dir=data_dir,
-        database_url=database_url, routes_file=routes, simulate=simulate,
-        simulate_interval_s=interval, simulate_seed=seed, silence_timeout_s=silence_timeout,
+        http_host=host,
+        http_port=http,
+        mqtt_url=mqtt_url,
+        mqtt_port=mqtt,
+        data_dir=data_dir,
+        database_url=database_url,
+        routes_file=routes,
+        simulate=simulate,
+        simulate_interval_s=interval,
+        simulate_seed=seed,
+        silence_timeout_s=silence_timeout,
         log_level=log_level,
     )
     _run(serve(settings, _simulator(settings)))
@@ -102,9 +129,16 @@ def serve(
 
     _logging(log_level)
     http = resolve_port(http_port, 8000, "--http-port", "stop what holds it")
-    settings = Settings(http_host=host, http_port=http, mqtt_url=mqtt_url, data_dir=data_dir,
-                        database_url=database_url, routes_file=routes,
-                        silence_timeout_s=silence_timeout, log_level=log_level)
+    settings = Settings(
+        http_host=host,
+        http_port=http,
+        mqtt_url=mqtt_url,
+        data_dir=data_dir,
+        database_url=database_url,
+        routes_file=routes,
+        silence_timeout_s=silence_timeout,
+        log_level=log_level,
+    )
     _run(serve_hub(settings))
 
 
@@ -122,8 +156,16 @@ def simulate(
     from fieldlink.simulator.runner import run_fleet
 
     _logging(log_level)
-    _run(run_fleet(count=count, mqtt_url=mqtt_url, http_url=http_url, interval_s=interval,
-                   seed=seed, prefix=prefix))
+    _run(
+        run_fleet(
+            count=count,
+            mqtt_url=mqtt_url,
+            http_url=http_url,
+            interval_s=interval,
+            seed=seed,
+            prefix=prefix,
+        )
+    )
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -132,7 +174,9 @@ def bench(ctx: typer.Context) -> None:
     root = Path.cwd()
     script = root / "bench" / "run.py"
     if not script.exists():
-        typer.echo("error: bench/run.py not found: run from the fieldlink source checkout", err=True)
+        typer.echo(
+            "error: bench/run.py not found: run from the fieldlink source checkout", err=True
+        )
         raise typer.Exit(2)
     raise typer.Exit(subprocess.call([sys.executable, str(script), *ctx.args]))
 

@@ -38,7 +38,9 @@ def parse_time(value: str | None, default_ms: int, name: str) -> int:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise ValidationError("invalid_time", f"{name} must be epoch ms or ISO 8601", name) from None
+            raise ValidationError(
+                "invalid_time", f"{name} must be epoch ms or ISO 8601", name
+            ) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
@@ -61,9 +63,11 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(title="fieldlink", version=__version__,
-                  description="Real-time device hub. Live events: WebSocket at /ws "
-                              "(docs/protocol.md).")
+    app = FastAPI(
+        title="fieldlink",
+        version=__version__,
+        description="Real-time device hub. Live events: WebSocket at /ws (docs/protocol.md).",
+    )
     registry = registry_for(runtime)
     ingestor = runtime.ingestor
     views = runtime.views
@@ -78,7 +82,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def on_request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         path = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(ValidationError("invalid_parameter", str(first.get("msg", "invalid")), path))
+        return error_response(
+            ValidationError("invalid_parameter", str(first.get("msg", "invalid")), path)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -115,8 +121,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         result = await ingestor.ingest_http(body)
         status = 207 if result.errors else 200
         return JSONResponse(
-            {"accepted": result.accepted, "stored": result.stored,
-             "duplicates": result.duplicates, "errors": result.errors},
+            {
+                "accepted": result.accepted,
+                "stored": result.stored,
+                "duplicates": result.duplicates,
+                "errors": result.errors,
+            },
             status_code=status,
         )
 
@@ -152,13 +162,24 @@ def create_app(runtime: Runtime) -> FastAPI:
             buckets.check_aggregate(agg)
             buckets.check_range(start_ms, end_ms, bucket_ms)
             rows = await runtime.store.query_buckets(device_id, start_ms, end_ms, bucket_ms, agg)
-            return {"device_id": device_id, "start": start_ms, "end": end_ms, "bucket": bucket,
-                    "agg": agg, "points": rows[:limit]}
+            return {
+                "device_id": device_id,
+                "start": start_ms,
+                "end": end_ms,
+                "bucket": bucket,
+                "agg": agg,
+                "points": rows[:limit],
+            }
         buckets.check_range(start_ms, end_ms, None)
-        records = await runtime.store.query_range(device_id, start_ms, end_ms, limit,
-                                                  newest_first=order == "desc")
-        return {"device_id": device_id, "start": start_ms, "end": end_ms,
-                "points": [r.to_event_data() for r in records]}
+        records = await runtime.store.query_range(
+            device_id, start_ms, end_ms, limit, newest_first=order == "desc"
+        )
+        return {
+            "device_id": device_id,
+            "start": start_ms,
+            "end": end_ms,
+            "points": [r.to_event_data() for r in records],
+        }
 
     @app.get("/api/devices/{device_id}/telemetry/latest", tags=["devices"])
     async def device_latest(device_id: str) -> dict[str, Any]:

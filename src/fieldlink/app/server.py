@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -32,9 +33,16 @@ class HubServer(uvicorn.Server):
 def uvicorn_config(runtime: Runtime, port: int) -> uvicorn.Config:
     s = runtime.settings
     return uvicorn.Config(
-        create_app(runtime), host=s.http_host, port=port, ws=runtime.ws_protocol,  # type: ignore[arg-type]
-        lifespan="off", log_level="warning", access_log=False, loop="none",
-        http="httptools", timeout_graceful_shutdown=5,
+        create_app(runtime),
+        host=s.http_host,
+        port=port,
+        ws=runtime.ws_protocol,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        loop="none",
+        http="httptools",
+        timeout_graceful_shutdown=5,
     )
 
 
@@ -87,7 +95,7 @@ def banner(runtime: Runtime, http_port: int) -> str:
 
 async def serve(
     settings: Settings,
-    extra: Callable[[Runtime, int], Awaitable[None]] | None = None,
+    extra: Callable[[Runtime, int], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM. ``extra`` (the simulator) runs alongside and is cancelled first."""
     runtime = Runtime(settings)
@@ -127,5 +135,10 @@ async def serve(
                 await serve_task
         await runtime.stop()
         c = runtime.ingestor.counters
-        log.warning("fieldlink stopped: received=%d stored=%d rejected=%d dropped=%d",
-                    c.received, c.stored, c.rejected_total, c.dropped_total)
+        log.warning(
+            "fieldlink stopped: received=%d stored=%d rejected=%d dropped=%d",
+            c.received,
+            c.stored,
+            c.rejected_total,
+            c.dropped_total,
+        )

@@ -69,15 +69,25 @@ class Runtime:
         self.bus = MemoryBus()
         self.status = StatusBook(int(settings.silence_timeout_s * 1000))
         self.ingestor = Ingestor(
-            store=self.store, cache=self.cache, bus=self.bus, status=self.status,
-            scheme=self.scheme, clock_ms=now_ms, limits=settings.limits,
+            store=self.store,
+            cache=self.cache,
+            bus=self.bus,
+            status=self.status,
+            scheme=self.scheme,
+            clock_ms=now_ms,
+            limits=settings.limits,
         )
         self.views = DeviceViews(self.ingestor)
-        self.hub = Hub(self.views.snapshot, max_pending_bytes=settings.ws_max_pending_bytes,
-                       slow_timeout_s=settings.ws_slow_timeout_s, clock_ms=now_ms)
+        self.hub = Hub(
+            self.views.snapshot,
+            max_pending_bytes=settings.ws_max_pending_bytes,
+            slow_timeout_s=settings.ws_slow_timeout_s,
+            clock_ms=now_ms,
+        )
         self.bus.subscribe(self.hub.publish)
         self.gateway_settings = GatewaySettings(
-            path=settings.ws_path, max_message_bytes=settings.limits.max_payload_bytes,
+            path=settings.ws_path,
+            max_message_bytes=settings.limits.max_payload_bytes,
             ping_interval_s=settings.ws_ping_interval_s,
         )
         self.ws_protocol = websocket_protocol_factory(self.hub, self.gateway_settings)

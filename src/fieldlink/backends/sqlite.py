@@ -9,6 +9,7 @@ writer writes. Must not be used from several processes at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -48,8 +49,13 @@ INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms) VALUES (?, ?, ?, 
 ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, meta = excluded.meta,
     last_seen_ms = max(coalesce(devices.last_seen_ms, 0), coalesce(excluded.last_seen_ms, 0))
 """
-_AGG_SQL = {"avg": "avg(j.value)", "min": "min(j.value)", "max": "max(j.value)",
-            "count": "count(j.value)", "last": "j.value"}
+_AGG_SQL = {
+    "avg": "avg(j.value)",
+    "min": "min(j.value)",
+    "max": "max(j.value)",
+    "count": "count(j.value)",
+    "last": "j.value",
+}
 _MAX_BATCH_ITEMS = 2000
 
 _STOP = object()
@@ -110,8 +116,13 @@ class SqliteStore:
         return future
 
     def save_device(self, device: Device) -> None:
-        row = (device.id, device.kind, orjson.dumps(device.meta).decode(), device.created_ms,
-               device.last_seen_ms)
+        row = (
+            device.id,
+            device.kind,
+            orjson.dumps(device.meta).decode(),
+            device.created_ms,
+            device.last_seen_ms,
+        )
         self._queue.put((row, None))
 
     def _resolve(self, future: asyncio.Future[WriteResult], result: Any) -> None:
@@ -144,18 +155,20 @@ class SqliteStore:
                         conn.execute(_UPSERT_DEVICE, payload)
                         continue
                     before = conn.total_changes
-                    conn.executemany(_INSERT, [
-                        (r.device_id, r.ts_ms, r.seq, orjson.dumps(r.metrics).decode()) for r in payload
-                    ])
+                    conn.executemany(
+                        _INSERT,
+                        [
+                            (r.device_id, r.ts_ms, r.seq, orjson.dumps(r.metrics).decode())
+                            for r in payload
+                        ],
+                    )
                     stored = conn.total_changes - before
                     results.append((future, WriteResult(stored, len(payload) - stored)))
                 conn.execute("COMMIT")
                 self.batches += 1
             except sqlite3.Error as exc:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 error = DependencyDown(f"SQLite write failed: {exc}")
                 results = [(f, error) for _, f in items if f is not None and _ is not _STOP]
             for future, result in results:

@@ -1,4 +1,5 @@
-"""The pure core: values in, values out. No asyncio, no sockets, no clock reads (``now`` is passed in).
+"""The pure core: values in, values out. No asyncio, no sockets, no clock reads
+(``now`` is passed in).
 
 An import-boundary test (tests/unit/test_boundaries.py) keeps it that way.
 """

@@ -1,4 +1,5 @@
-"""History query parameters: bucket sizes (``10s``, ``1m``, ``15m``, ``1h``, ``1d``) and aggregates."""
+"""History query parameters: bucket sizes (``10s``, ``1m``, ``15m``, ``1h``, ``1d``) and
+aggregates."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ def parse_bucket(text: str) -> int:
     """``"15m"`` -> 900000. Buckets are at least 1 s."""
     match = _BUCKET_RE.fullmatch(text.strip())
     if match is None:
-        raise ValidationError("invalid_bucket", "bucket must look like 10s, 1m, 15m, 1h or 1d", "bucket")
+        raise ValidationError(
+            "invalid_bucket", "bucket must look like 10s, 1m, 15m, 1h or 1d", "bucket"
+        )
     bucket_ms = int(match.group(1)) * _UNITS_MS[match.group(2)]
     if bucket_ms < MIN_BUCKET_MS:
         raise ValidationError("invalid_bucket", "bucket must be at least 1s", "bucket")

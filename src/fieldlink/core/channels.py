@@ -31,6 +31,4 @@ def parse(channel: object) -> tuple[str, str | None]:
         if is_valid_device_id(device_id):
             return ("device", device_id)
     shown = repr(channel)[:80]
-    raise ProtocolError(
-        f"unknown channel {shown}; use 'all' or 'device:<id>'", code="bad_channel"
-    )
+    raise ProtocolError(f"unknown channel {shown}; use 'all' or 'device:<id>'", code="bad_channel")

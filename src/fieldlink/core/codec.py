@@ -22,7 +22,9 @@ from fieldlink.core.model import Record, is_valid_device_id
 KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}")
 KIND_RE = re.compile(r"[a-z][a-z0-9_\-]{0,31}")
 RESERVED_KEYS = frozenset({"device_id", "ts", "seq", "meta", "kind"})
-MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything older is a device clock that never synced
+MIN_TS_MS = (
+    946_684_800_000  # 2000-01-01T00:00:00Z: anything older is a device clock that never synced
+)
 
 # Validation error codes (also the ``reason`` label of fieldlink_ingest_rejected_total).
 INVALID_JSON = "invalid_json"
@@ -72,7 +74,9 @@ def decode_json(payload: bytes | str, limits: Limits = DEFAULT_LIMITS) -> Any:
 def parse_timestamp(value: Any, now_ms: int, limits: Limits = DEFAULT_LIMITS) -> int:
     """Accept epoch seconds, epoch milliseconds (values >= 1e11) or ISO 8601; return ms."""
     if isinstance(value, bool):
-        raise ValidationError(INVALID_TIMESTAMP, "ts must be a number or an ISO 8601 string", "$.ts")
+        raise ValidationError(
+            INVALID_TIMESTAMP, "ts must be a number or an ISO 8601 string", "$.ts"
+        )
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ValidationError(NON_FINITE, "ts must be finite", "$.ts")
@@ -88,7 +92,9 @@ def parse_timestamp(value: Any, now_ms: int, limits: Limits = DEFAULT_LIMITS) ->
             parsed = parsed.replace(tzinfo=UTC)
         ts_ms = int(parsed.timestamp() * 1000)
     else:
-        raise ValidationError(INVALID_TIMESTAMP, "ts must be a number or an ISO 8601 string", "$.ts")
+        raise ValidationError(
+            INVALID_TIMESTAMP, "ts must be a number or an ISO 8601 string", "$.ts"
+        )
     if ts_ms < MIN_TS_MS:
         raise ValidationError(INVALID_TIMESTAMP, "ts is before 2000-01-01", "$.ts")
     if ts_ms > now_ms + limits.future_skew_ms:
@@ -101,7 +107,7 @@ def parse_timestamp(value: Any, now_ms: int, limits: Limits = DEFAULT_LIMITS) ->
 
 
 def _check_value(value: Any, path: str, depth: int, limits: Limits) -> None:
-    if value is None or isinstance(value, bool) or isinstance(value, int):
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):  # orjson rejects NaN literals; 1e400 style overflow lands here
@@ -158,7 +164,8 @@ def _check_object(obj: dict[str, Any], path: str, depth: int, limits: Limits) ->
         elif kind is str:
             if len(value) > limits.max_string_chars:
                 raise ValidationError(
-                    INVALID_VALUE, f"string longer than {limits.max_string_chars} characters",
+                    INVALID_VALUE,
+                    f"string longer than {limits.max_string_chars} characters",
                     f"{path}.{key}",
                 )
         else:

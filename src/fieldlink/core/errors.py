@@ -1,13 +1,14 @@
 """One error hierarchy, split by blame. Every error that reaches a user has a stable code.
 
-    FieldlinkError
-    ├── ClientError          the peer sent something we refuse (4xx, WS error frame, counted MQTT rejection)
-    │   ├── ValidationError  bad payload: code + field path
-    │   ├── NotFound         unknown device / resource (404)
-    │   ├── PayloadTooLarge  body over the limit, refused before it is read whole (413)
-    │   └── ProtocolError    a WebSocket client message we cannot act on
-    ├── DependencyDown       store, broker or bus unavailable (503 + Retry-After)
-    └── InternalError        our bug; logged with a trace, answered without one
+FieldlinkError
+├── ClientError          the peer sent something we refuse (4xx, WS error frame,
+    │                        counted MQTT rejection)
+│   ├── ValidationError  bad payload: code + field path
+│   ├── NotFound         unknown device / resource (404)
+│   ├── PayloadTooLarge  body over the limit, refused before it is read whole (413)
+│   └── ProtocolError    a WebSocket client message we cannot act on
+├── DependencyDown       store, broker or bus unavailable (503 + Retry-After)
+└── InternalError        our bug; logged with a trace, answered without one
 """
 
 from __future__ import annotations

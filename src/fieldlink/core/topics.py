@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from fieldlink.core.errors import ValidationError
 from fieldlink.core.model import is_valid_device_id
 
 
-class TopicKind(str, Enum):
+class TopicKind(StrEnum):
     TELEMETRY = "telemetry"
     STATUS = "status"
     CONTROL = "control"
@@ -26,7 +26,8 @@ class TopicKind(str, Enum):
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT filter matching (``+`` one level, ``#`` the rest); ``$``-topics never match wildcards."""
+    """MQTT filter matching (``+`` one level, ``#`` the rest); ``$`` topics never match
+    wildcards."""
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
         return False
     f_levels = topic_filter.split("/")
@@ -94,7 +95,9 @@ class Route:
         source, _, arg = self.device_id_from.partition(":")
         if source == "topic":
             if not arg.isdigit():
-                raise ValueError(f"route {self.name}: device_id_from 'topic:N' needs a level number")
+                raise ValueError(
+                    f"route {self.name}: device_id_from 'topic:N' needs a level number"
+                )
         elif source != "payload" or not arg:
             raise ValueError(
                 f"route {self.name}: device_id_from must be 'topic:N' or 'payload:FIELD'"

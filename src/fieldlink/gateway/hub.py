@@ -192,9 +192,11 @@ class Hub:
         ended = time.perf_counter()
         self._next_flush_at = ended + (ended - started) * self.flush_backoff
 
-    def _conflate(self, member: Member, keys: list[tuple[str, str, str]], payloads: list[bytes]) -> None:
+    def _conflate(
+        self, member: Member, keys: list[tuple[str, str, str]], payloads: list[bytes]
+    ) -> None:
         backlog = member.backlog
-        for key, payload in zip(keys, payloads):
+        for key, payload in zip(keys, payloads, strict=True):
             if backlog.pop(key, None) is not None:
                 self.stats.conflated += 1
             backlog[key] = payload  # re-inserted last: the backlog stays in event order
@@ -219,8 +221,11 @@ class Hub:
     def sweep_slow(self, now: float | None = None) -> int:
         """Close members paused for longer than ``slow_timeout_s``. Returns how many."""
         now = time.monotonic() if now is None else now
-        stale = [m for m in self.paused
-                 if m.paused_since is not None and now - m.paused_since > self.slow_timeout_s]
+        stale = [
+            m
+            for m in self.paused
+            if m.paused_since is not None and now - m.paused_since > self.slow_timeout_s
+        ]
         for member in stale:
             self._kick_slow(member, "slow consumer: not reading")
         return len(stale)

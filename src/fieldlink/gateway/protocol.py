@@ -46,7 +46,9 @@ def _with_id(body: dict[str, Any], request: dict[str, Any] | None) -> dict[str, 
 
 
 def connected(client_id: str, server_time_ms: int) -> bytes:
-    return orjson.dumps({"type": "connected", "client_id": client_id, "server_time": server_time_ms})
+    return orjson.dumps(
+        {"type": "connected", "client_id": client_id, "server_time": server_time_ms}
+    )
 
 
 def subscribed(channel: str, seq: int, snapshot: bytes, request: dict[str, Any] | None) -> bytes:
@@ -69,6 +71,15 @@ def error(code: str, message: str, request: dict[str, Any] | None = None) -> byt
 def event_payload(event_type: str, channel: str, seq: int, data: bytes) -> bytes:
     """One event as JSON. Channel names come from the catalogue and need no escaping."""
     return b"".join(
-        (b'{"type":"', event_type.encode(), b'","channel":"', channel.encode(), b'","seq":',
-         str(seq).encode(), b',"data":', data, b"}")
+        (
+            b'{"type":"',
+            event_type.encode(),
+            b'","channel":"',
+            channel.encode(),
+            b'","seq":',
+            str(seq).encode(),
+            b',"data":',
+            data,
+            b"}",
+        )
     )

@@ -205,22 +205,22 @@ class GatewayConnection(asyncio.Protocol):
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.CONT and self._fragments:
+        if opcode is Opcode.TEXT or (opcode is Opcode.CONT and self._fragments):
+            data = bytes(frame.data)
             if not frame.fin:
-                self._fragments.append(frame.data)
+                self._fragments.append(data)
                 return
             if self._fragments:
-                self._fragments.append(frame.data)
+                self._fragments.append(data)
                 payload = b"".join(self._fragments)
                 self._fragments.clear()
             else:
-                payload = frame.data
+                payload = data
             if not self.closing:
                 self.hub.handle_message(self, payload)
-        elif opcode is Opcode.BINARY or opcode is Opcode.CONT:
-            if frame.fin:
-                self.hub.stats.client_errors += 1
-                self.send(protocol.error("unsupported_data", "send JSON text frames, not binary"))
+        elif (opcode is Opcode.BINARY or opcode is Opcode.CONT) and frame.fin:
+            self.hub.stats.client_errors += 1
+            self.send(protocol.error("unsupported_data", "send JSON text frames, not binary"))
         # PING is answered and CLOSE handled by ServerProtocol; PONG only refreshes last_rx.
 
 

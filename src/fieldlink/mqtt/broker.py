@@ -4,12 +4,14 @@ bound to 127.0.0.1, persistence in the data directory. It is stopped with the hu
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -18,14 +20,18 @@ class BrokerError(RuntimeError):
     pass
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: SIGTERM the broker if the hub dies, even by SIGKILL, so no orphan holds the port."""
-    try:
-        import ctypes
+_PRCTL: Any
+try:
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:  # not glibc Linux: the broker is still stopped by the hub's normal shutdown
+    _PRCTL = None
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGTERM the broker if the hub dies, even by SIGKILL, so no orphan holds the port.
+    Only calls an already-loaded libc function: nothing in the child may take a lock."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def find_mosquitto() -> str:
@@ -64,8 +70,10 @@ def resolve_port(requested: str | int, default: int, option: str, hint: str) -> 
         return default if port_is_free(default) else free_port()
     port = int(requested)
     if port != 0 and not port_is_free(port):
-        raise BrokerError(f"port {port} is already in use: pick another with {option}, "
-                          f"use {option} auto, or {hint}")
+        raise BrokerError(
+            f"port {port} is already in use: pick another with {option}, "
+            f"use {option} auto, or {hint}"
+        )
     return port if port != 0 else free_port()
 
 
@@ -83,22 +91,24 @@ class EmbeddedBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     def config_text(self) -> str:
-        return "\n".join([
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            "user root" if os.geteuid() == 0 else "",
-            "persistence true",
-            f"persistence_location {self.data_dir}/",
-            "autosave_interval 5",
-            "max_queued_messages 100000",
-            "max_inflight_messages 100",
-            "message_size_limit 1048576",
-            f"log_dest file {self.data_dir}/mosquitto.log",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "",
-        ])
+        return "\n".join(
+            [
+                f"listener {self.port} {self.host}",
+                "allow_anonymous true",
+                "user root" if os.geteuid() == 0 else "",
+                "persistence true",
+                f"persistence_location {self.data_dir}/",
+                "autosave_interval 5",
+                "max_queued_messages 100000",
+                "max_inflight_messages 100",
+                "message_size_limit 1048576",
+                f"log_dest file {self.data_dir}/mosquitto.log",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+                "",
+            ]
+        )
 
     async def start(self, timeout_s: float = 10.0) -> None:
         binary = find_mosquitto()
@@ -106,19 +116,25 @@ class EmbeddedBroker:
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(self.config_text())
         stderr_path = self.data_dir / "mosquitto.stderr"
-        with open(stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr,
-                start_new_session=True,  # a terminal's Ctrl-C reaches the hub, which stops it in order
-                preexec_fn=_die_with_parent,
+        # Opening a file and forking are quick, one-off start-up steps: not worth a thread.
+        with open(stderr_path, "wb") as stderr:  # noqa: ASYNC230
+            self.process = subprocess.Popen(  # noqa: ASYNC220
+                [binary, "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                # A terminal's Ctrl-C reaches only the hub, which stops the broker in order.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - lock-free, see its docstring
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
             if self.process.poll() is not None:
                 err = stderr_path.read_text(errors="replace")
-                raise BrokerError(f"mosquitto exited at start (code {self.process.returncode}): "
-                                  f"{err.strip()[:500]}")
+                raise BrokerError(
+                    f"mosquitto exited at start (code {self.process.returncode}): "
+                    f"{err.strip()[:500]}"
+                )
             try:
                 _, writer = await asyncio.open_connection(self.host, self.port)
                 writer.close()
@@ -127,7 +143,9 @@ class EmbeddedBroker:
             except OSError:
                 if loop.time() > deadline:
                     await self.stop()
-                    raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout_s} s")
+                    raise BrokerError(
+                        f"mosquitto did not listen on {self.port} within {timeout_s} s"
+                    ) from None
                 await asyncio.sleep(0.02)
 
     async def stop(self, timeout_s: float = 5.0) -> None:

@@ -52,14 +52,20 @@ class MqttIngest:
         for topic_filter in self.scheme.ingest_filters():
             client.subscribe(topic_filter, qos=1)
         self.connected.set()
-        log.info("mqtt connected to %s:%d, subscribed to %s", self.host, self.port,
-                 ", ".join(self.scheme.ingest_filters()))
+        log.info(
+            "mqtt connected to %s:%d, subscribed to %s",
+            self.host,
+            self.port,
+            ", ".join(self.scheme.ingest_filters()),
+        )
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()
         log.warning("mqtt disconnected from %s:%d", self.host, self.port)
 
-    def _on_message(self, client: Client, topic: Any, payload: bytes, qos: int, properties: Any) -> int:
+    def _on_message(
+        self, client: Client, topic: Any, payload: bytes, qos: int, properties: Any
+    ) -> int:
         if not isinstance(topic, str):  # gmqtt hands over undecodable topics as bytes
             self.ingestor.counters.received += 1
             self.ingestor.counters.reject("invalid_topic")

@@ -132,13 +132,21 @@ class Ingestor:
             if match.route is not None:
                 device_id, obj = match.route.extract(topic, obj)
                 record = validate_record(
-                    obj, now_ms=self.clock_ms(), device_id=device_id, kind=match.route.kind,
+                    obj,
+                    now_ms=self.clock_ms(),
+                    device_id=device_id,
+                    kind=match.route.kind,
                     limits=self.limits,
                 )
             else:
-                if isinstance(obj, dict) and "device_id" in obj and obj["device_id"] != match.device_id:
+                if (
+                    isinstance(obj, dict)
+                    and "device_id" in obj
+                    and obj["device_id"] != match.device_id
+                ):
                     raise ValidationError(
-                        "device_id_mismatch", "device_id in the payload differs from the topic",
+                        "device_id_mismatch",
+                        "device_id in the payload differs from the topic",
                         "$.device_id",
                     )
                 record = validate_record(
@@ -222,12 +230,18 @@ class Ingestor:
         if change is not None:
             self.publish_status(change)
         self.bus.publish(
-            Event("telemetry", channels.for_device_event(device_id),
-                  orjson.dumps(record.to_event_data()), device_id)
+            Event(
+                "telemetry",
+                channels.for_device_event(device_id),
+                orjson.dumps(record.to_event_data()),
+                device_id,
+            )
         )
         return True
 
-    def _register(self, device_id: str, kind: str, meta: dict[str, Any] | None, now_ms: int) -> None:
+    def _register(
+        self, device_id: str, kind: str, meta: dict[str, Any] | None, now_ms: int
+    ) -> None:
         device = self.devices.get(device_id)
         if device is None:
             device = Device(device_id, kind, dict(meta or {}), now_ms, now_ms)
@@ -274,9 +288,7 @@ class Ingestor:
         batch, self._batch = self._batch, []
         waiter, self._batch_future = self._batch_future, None
         assert waiter is not None
-        self.store.write(batch).add_done_callback(
-            lambda f: self._written(f, len(batch), waiter)
-        )
+        self.store.write(batch).add_done_callback(lambda f: self._written(f, len(batch), waiter))
 
     def _store(self, records: list[Record]) -> asyncio.Future[WriteResult]:
         refused = self._full(len(records))
@@ -337,8 +349,12 @@ class Ingestor:
 
     def publish_status(self, change: StatusChange) -> None:
         self.bus.publish(
-            Event("status", channels.for_device_event(change.device_id),
-                  orjson.dumps(change.to_event_data()), change.device_id)
+            Event(
+                "status",
+                channels.for_device_event(change.device_id),
+                orjson.dumps(change.to_event_data()),
+                change.device_id,
+            )
         )
 
     def sweep_status(self) -> int:
