@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 
 from fieldlink.core import channels
 from fieldlink.core.codec import DEFAULT_LIMITS, Limits, decode_json, parse_status, validate_record
+from fieldlink.core.dedupe import DedupeWindow
 from fieldlink.core.errors import DependencyDown, ValidationError
 from fieldlink.core.model import Device, Record, is_valid_device_id
 from fieldlink.core.status import StatusBook, StatusChange
@@ -33,7 +33,6 @@ DUPLICATE = "duplicate"
 UNKNOWN_TOPIC = "unknown_topic"
 STORE_UNAVAILABLE = "store_unavailable"
 BUFFER_FULL = "buffer_full"
-RECENT_SEQS_PER_DEVICE = 1024
 
 
 @dataclass(slots=True)
@@ -89,6 +88,7 @@ class Ingestor:
         clock_ms: Callable[[], int],
         limits: Limits = DEFAULT_LIMITS,
         max_pending_records: int = 100_000,
+        dedupe_window: int = 100_000,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -100,7 +100,7 @@ class Ingestor:
         self.max_pending_records = max_pending_records
         self.counters = IngestCounters()
         self.devices: dict[str, Device] = {}
-        self._recent: dict[str, OrderedDict[int, None]] = {}
+        self._recent = DedupeWindow(dedupe_window)
         self._settled = asyncio.Event()
         self._settled.set()
         self._batch: list[Record] = []
@@ -213,16 +213,9 @@ class Ingestor:
     def _accept(self, record: Record) -> bool:
         """Dedupe, register, cache, update status and publish. False for a duplicate."""
         device_id = record.device_id
-        if record.seq is not None:
-            recent = self._recent.get(device_id)
-            if recent is None:
-                recent = self._recent[device_id] = OrderedDict()
-            if record.seq in recent:
-                self.counters.reject(DUPLICATE)
-                return False
-            recent[record.seq] = None
-            if len(recent) > RECENT_SEQS_PER_DEVICE:
-                recent.popitem(last=False)
+        if record.seq is not None and not self._recent.first_sighting(device_id, record.seq):
+            self.counters.reject(DUPLICATE)
+            return False
         now_ms = self.clock_ms()
         self._register(device_id, record.kind, record.meta, now_ms)
         self.cache.set_latest(record, now_ms)
