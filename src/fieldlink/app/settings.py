@@ -16,6 +16,7 @@ class Settings:
     mqtt_port: int = 1883
     data_dir: Path = Path("data")
     database_url: str | None = None  # None: sqlite:///<data_dir>/fieldlink.db
+    mqtt_client_id: str | None = None  # None: derived from data_dir (stable across restarts)
     topic_prefix: str = "edge"
     routes_file: Path | None = None
     cache_ttl_s: float = 300.0

@@ -4,6 +4,7 @@ runtime that starts and stops them in order."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import tomllib
@@ -105,11 +106,21 @@ class Runtime:
             self.mqtt_url = self.broker.url
         await self.store.start()
         await self.ingestor.load()
-        self.mqtt = MqttIngest(self.mqtt_url, self.ingestor, self.scheme)
+        self.mqtt = MqttIngest(
+            self.mqtt_url, self.ingestor, self.scheme, client_id=self.mqtt_client_id()
+        )
         await self.mqtt.start()
         self._tasks.append(asyncio.create_task(self._sweep_status()))
         self._tasks.append(asyncio.create_task(keepalive(self.hub, self.gateway_settings)))
         self._tasks.append(asyncio.create_task(sweep_slow(self.hub)))
+
+    def mqtt_client_id(self) -> str:
+        """Stable across restarts of the same hub (same data directory), so the broker keeps
+        its session and queued messages; different for hubs with different data."""
+        if self.settings.mqtt_client_id:
+            return self.settings.mqtt_client_id
+        digest = hashlib.sha256(str(self.settings.data_dir.resolve()).encode()).hexdigest()
+        return f"fieldlink-{digest[:12]}"
 
     async def _sweep_status(self) -> None:
         while True:

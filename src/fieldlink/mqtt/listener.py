@@ -25,12 +25,30 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
 
 
 class MqttIngest:
-    def __init__(self, url: str, ingestor: Ingestor, scheme: TopicScheme) -> None:
+    """The ingest subscription.
+
+    It uses a persistent MQTT session (``clean_session=False`` with a stable ``client_id`` and a
+    session expiry), so QoS 1 telemetry published while the hub is reconnecting, or while the
+    broker restarts with persistence, is queued by the broker and delivered afterwards.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ingestor: Ingestor,
+        scheme: TopicScheme,
+        client_id: str | None = None,
+        session_expiry_s: int = 3600,
+    ) -> None:
         self.host, self.port = parse_mqtt_url(url)
         self.ingestor = ingestor
         self.scheme = scheme
         self.connected = asyncio.Event()
-        self.client = Client(f"fieldlink-{secrets.token_hex(4)}")
+        self.client = Client(
+            client_id or f"fieldlink-{secrets.token_hex(4)}",
+            clean_session=False,
+            session_expiry_interval=session_expiry_s,
+        )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect

@@ -1,0 +1,114 @@
+"""A seeded battery-site model (pure: no I/O, no clock; ``dt_s`` and host stats are passed in).
+
+Each node has a capacity (kW) and an energy store (kWh). Every step the node picks or keeps a
+mode (charge, discharge, idle), its power follows the mode's setpoint with some noise, and the
+state of charge integrates the power: ``soc += power_kw * dt_s / 3600 / battery_kwh * 100``.
+Positive power means charging. The same seed gives the same sequence of values.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Mode = Literal["charge", "discharge", "idle"]
+NOMINAL_HZ = 50.0
+
+
+def device_id(index: int, prefix: str = "sim") -> str:
+    """``sim-001``, ``sim-002``, ... (1-based)."""
+    return f"{prefix}-{index:03d}"
+
+
+@dataclass
+class Battery:
+    capacity_kw: float
+    battery_kwh: float
+    soc: float  # percent, 0..100
+    mode: Mode = "idle"
+    setpoint_kw: float = 0.0  # magnitude; commands (a later issue) will set mode and setpoint
+    power_kw: float = 0.0
+
+    @property
+    def state(self) -> str:
+        if self.power_kw > 0.05:
+            return "charging"
+        if self.power_kw < -0.05:
+            return "discharging"
+        return "idle"
+
+
+@dataclass
+class NodeModel:
+    """One simulated edge node. ``step`` advances it and returns the next record."""
+
+    device_id: str
+    rng: random.Random
+    battery: Battery
+    seq: int = 0
+    auto_dispatch: bool = True  # pick modes by itself (until commands take over)
+    _hold_steps: int = field(default=0, repr=False)
+
+    @classmethod
+    def create(cls, device_id: str, seed: int) -> NodeModel:
+        rng = random.Random(f"{seed}:{device_id}")
+        capacity_kw = rng.choice((5.0, 10.0, 25.0, 50.0))
+        battery = Battery(
+            capacity_kw=capacity_kw,
+            battery_kwh=capacity_kw * rng.choice((2.0, 4.0)),
+            soc=round(rng.uniform(20.0, 90.0), 1),
+        )
+        return cls(device_id=device_id, rng=rng, battery=battery)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"capacity_kw": self.battery.capacity_kw, "battery_kwh": self.battery.battery_kwh}
+
+    def set_mode(self, mode: Mode, setpoint_kw: float | None = None) -> None:
+        """Hook for commands: hold a mode (and setpoint, clamped to capacity)."""
+        b = self.battery
+        b.mode = mode
+        if setpoint_kw is not None:
+            b.setpoint_kw = max(0.0, min(abs(setpoint_kw), b.capacity_kw))
+        self.auto_dispatch = False
+
+    def _dispatch(self) -> None:
+        b = self.battery
+        if self._hold_steps > 0:
+            self._hold_steps -= 1
+            return
+        if b.soc < 15:
+            b.mode = "charge"
+        elif b.soc > 95:
+            b.mode = "discharge"
+        else:
+            b.mode = self.rng.choice(("charge", "discharge", "idle"))
+        b.setpoint_kw = round(self.rng.uniform(0.2, 1.0) * b.capacity_kw, 2)
+        self._hold_steps = self.rng.randint(3, 12)
+
+    def step(self, dt_s: float, host: dict[str, float], ts_ms: int) -> dict[str, Any]:
+        """Advance ``dt_s`` seconds and return the telemetry record (hub payload shape)."""
+        if self.auto_dispatch:
+            self._dispatch()
+        b = self.battery
+        target = {"charge": b.setpoint_kw, "discharge": -b.setpoint_kw, "idle": 0.0}[b.mode]
+        noise = self.rng.gauss(0.0, 0.02 * b.capacity_kw) if b.mode != "idle" else 0.0
+        power = max(-b.capacity_kw, min(b.capacity_kw, target + noise))
+        if (power > 0 and b.soc >= 100.0) or (power < 0 and b.soc <= 0.0):
+            power = 0.0  # a full battery cannot charge, an empty one cannot discharge
+        b.power_kw = round(power, 3)
+        b.soc = max(0.0, min(100.0, b.soc + b.power_kw * dt_s / 3600.0 / b.battery_kwh * 100.0))
+        self.seq += 1
+        return {
+            "seq": self.seq,
+            "ts": ts_ms,
+            "power_kw": b.power_kw,
+            "soc": round(b.soc, 3),
+            "freq": round(NOMINAL_HZ + self.rng.gauss(0.0, 0.02), 3),
+            "cpu": host["cpu"],
+            "ram": host["ram"],
+            "disk": host["disk"],
+            "battery": b.state,
+            "meta": self.meta,
+        }
