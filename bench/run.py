@@ -1,0 +1,350 @@
+"""fieldlink benchmark: real MQTT in, real WebSocket clients out, on this machine.
+
+    python bench/run.py [a|b|c|selfcheck|all] [--quick]
+
+Starts its own mosquitto and `fieldlink serve` (SQLite in a temporary directory) on free
+ports, a client fleet (bench/wsclients.py) and a load generator (bench/loadgen.py) as separate
+processes, and reports end-to-end latency (publish -> client receive), deliveries/s, losses,
+and the hub's peak RSS. Results: a table on stdout and JSON in bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+BENCH = ROOT / "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening")
+
+
+class Stack:
+    """mosquitto + hub, started fresh for each scenario."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="fieldlink-bench-")
+        d = Path(self.tmp.name)
+        self.mqtt_port, self.http_port = free_port(), free_port()
+        conf = d / "mosquitto.conf"
+        lines = [f"listener {self.mqtt_port} 127.0.0.1", "allow_anonymous true",
+                 "max_queued_messages 1000000", "max_inflight_messages 0", "persistence false"]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        conf.write_text("\n".join(lines) + "\n")
+        mosquitto = "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else "mosquitto"
+        self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+        wait_port(self.mqtt_port)
+        self.hub = subprocess.Popen(
+            [PY, "-m", "fieldlink.cli", "serve", "--mqtt-url", f"mqtt://127.0.0.1:{self.mqtt_port}",
+             "--http-port", str(self.http_port), "--data-dir", str(d / "data")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        wait_port(self.http_port)
+        self.rss_peak = 0
+        self._sampling = True
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        proc = psutil.Process(self.hub.pid)
+        while self._sampling:
+            try:
+                self.rss_peak = max(self.rss_peak, proc.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.2)
+
+    def metrics(self) -> dict[str, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics").read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("fieldlink_") and " " in line:
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def hub_cpu_s(self) -> float:
+        t = psutil.Process(self.hub.pid).cpu_times()
+        return t.user + t.system
+
+    def close(self) -> None:
+        self._sampling = False
+        for proc in (self.hub, self.broker):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.tmp.cleanup()
+
+
+class Clients:
+    def __init__(self, stack: Stack, n: int, subscribe: str) -> None:
+        self.n = n
+        self.proc = subprocess.Popen(
+            [PY, str(BENCH / "wsclients.py"), "--port", str(stack.http_port), "--clients", str(n),
+             "--subscribe", subscribe], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "READY":
+            raise RuntimeError(f"client fleet failed to start: {line!r}")
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def drain(self, expected: int, timeout: float) -> float:
+        """Wait until the fleet has received ``expected`` events; returns the seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.ask("count")["events"] >= expected:
+                break
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait(20)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def publish(stack: Stack, devices: int, rate: float, duration: float, seq_start: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [PY, str(BENCH / "loadgen.py"), "--port", str(stack.mqtt_port), "--devices", str(devices),
+         "--rate", str(rate), "--duration", str(duration), "--seq-start", str(seq_start)],
+        capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def caught_up(stack: Stack, sent_total: float, timeout: float) -> tuple[bool, float, dict[str, float]]:
+    start = time.monotonic()
+    m: dict[str, float] = {}
+    while time.monotonic() - start < timeout:
+        m = stack.metrics()
+        if (m.get("fieldlink_ingest_received_total", 0) >= sent_total
+                and m.get("fieldlink_ingest_pending", 1) == 0):
+            return True, time.monotonic() - start, m
+        time.sleep(0.05)
+    return False, time.monotonic() - start, m
+
+
+def step(stack: Stack, clients: Clients, devices: int, rate: float, duration: float,
+         expected_for: Any, sent_before: float) -> dict[str, Any]:
+    cpu0 = stack.hub_cpu_s()
+    pub = publish(stack, devices, rate, duration, int(sent_before) + 1)
+    ok, lag_s, m = caught_up(stack, sent_before + pub["sent"], 30)
+    expected = expected_for(pub)
+    waited = clients.drain(sum(expected), 10)
+    stats = clients.ask("stats")
+    cpu = stack.hub_cpu_s() - cpu0
+    lost = sum(max(0, e - c) for e, c in zip(expected, stats["counts"], strict=True))
+    dropped = sum(v for k, v in m.items() if k.startswith("fieldlink_ingest_dropped_total"))
+    return {
+        "rate_target": rate, "sent": pub["sent"], "publish_rate": pub["rate"],
+        "delivered": stats["events"], "expected": sum(expected), "lost": lost,
+        "deliveries_per_s": round(stats["events"] / pub["elapsed_s"]),
+        "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "max_ms": stats["max_ms"],
+        "frames": stats["frames"], "clients_closed": stats["closed"],
+        "ingest_caught_up": ok, "ingest_lag_s": round(lag_s, 2), "drain_wait_s": round(waited, 2),
+        "stored_total": m.get("fieldlink_ingest_stored_total"),
+        "received_total": m.get("fieldlink_ingest_received_total"),
+        "dropped_total": dropped, "conflated_total": m.get("fieldlink_ws_conflated_total"),
+        "slow_disconnects": m.get("fieldlink_ws_slow_disconnects_total"),
+        "hub_cpu_s": round(cpu, 2), "hub_rss_peak_mb": round(stack.rss_peak / 2**20, 1),
+    }
+
+
+def scenario_a(quick: bool) -> dict[str, Any]:
+    devices, n_clients, rate = 100, 1000, 1000
+    duration = 5 if quick else 20
+    stack = Stack()
+    try:
+        clients = Clients(stack, n_clients, f"per-device:{devices}")
+        try:
+            def expected(pub: dict[str, Any]) -> list[int]:
+                per_device = list(pub["per_device"].values())
+                return [per_device[i % devices] for i in range(n_clients)]
+            result = step(stack, clients, devices, rate, duration, expected, 0)
+        finally:
+            clients.close()
+    finally:
+        stack.close()
+    return {"scenario": "a", "devices": devices, "clients": n_clients, "duration_s": duration,
+            "steps": [result]}
+
+
+def stepped(name: str, devices: int, n_clients: int, rates: list[float], duration: float,
+            stop: Any) -> dict[str, Any]:
+    stack = Stack()
+    steps = []
+    try:
+        clients = Clients(stack, n_clients, "all")
+        try:
+            sent = 0.0
+            for rate in rates:
+                r = step(stack, clients, devices, rate, duration,
+                         lambda pub: [pub["sent"]] * n_clients, sent)
+                sent += r["sent"]
+                steps.append(r)
+                print(f"  {name} step {rate:>7.0f}/s: " + summary_line(r), flush=True)
+                if stop(r):
+                    break
+        finally:
+            clients.close()
+    finally:
+        stack.close()
+    return {"scenario": name, "devices": devices, "clients": n_clients, "duration_s": duration,
+            "steps": steps}
+
+
+def scenario_b(quick: bool) -> dict[str, Any]:
+    rates = [100, 300, 500] if quick else [100, 200, 300, 400, 500, 700, 1000, 1500]
+    return stepped("b", 10, 1000, rates, 4 if quick else 10,
+                   lambda r: r["lost"] > 0 or (r["p99_ms"] or 0) > 100)
+
+
+def scenario_c(quick: bool) -> dict[str, Any]:
+    rates = [5000, 10000, 20000] if quick else [5000, 10000, 15000, 20000, 25000, 30000, 40000]
+    return stepped("c", 1000, 10, rates, 4 if quick else 10,
+                   lambda r: not r["ingest_caught_up"] or r["ingest_lag_s"] > 2 or r["lost"] > 0)
+
+
+def selfcheck(quick: bool) -> dict[str, Any]:
+    """The load generator alone (against a bare mosquitto) and the client fleet alone
+    (against bench/blaster.py), so neither is mistaken for the hub's limit."""
+    duration = 3 if quick else 8
+    out: dict[str, Any] = {"scenario": "selfcheck", "loadgen": [], "clients": []}
+    tmp = tempfile.TemporaryDirectory(prefix="fieldlink-selfcheck-")
+    port = free_port()
+    conf = Path(tmp.name) / "m.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    + ("user root\n" if os.geteuid() == 0 else ""))
+    broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        for rate in (20000, 50000, 100000):
+            r = json.loads(subprocess.run(
+                [PY, str(BENCH / "loadgen.py"), "--port", str(port), "--devices", "1000",
+                 "--rate", str(rate), "--duration", str(duration)],
+                capture_output=True, text=True, check=True).stdout)
+            out["loadgen"].append({"target": rate, "achieved": r["rate"]})
+            print(f"  loadgen alone: target {rate}/s -> {r['rate']}/s", flush=True)
+    finally:
+        broker.terminate()
+        broker.wait()
+        tmp.cleanup()
+    for per_client in (300, 600, 1000):
+        port = free_port()
+        blaster = subprocess.Popen(
+            [PY, str(BENCH / "blaster.py"), "--port", str(port), "--clients", "1000",
+             "--rate", str(per_client), "--batch", "5", "--duration", str(duration)],
+            stdout=subprocess.PIPE, text=True)
+        assert blaster.stdout is not None
+        blaster.stdout.readline()
+        fleet = subprocess.Popen(
+            [PY, str(BENCH / "wsclients.py"), "--port", str(port), "--clients", "1000"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert fleet.stdout is not None and fleet.stdin is not None
+        fleet.stdout.readline()
+        sent = json.loads(blaster.stdout.readline())
+        time.sleep(1.0)
+        fleet.stdin.write("stats\n")
+        fleet.stdin.flush()
+        stats = json.loads(fleet.stdout.readline())
+        fleet.stdin.write("quit\n")
+        fleet.stdin.close()
+        fleet.wait(20)
+        blaster.wait(20)
+        fleet.stdout.close()
+        blaster.stdout.close()
+        rate = stats["events"] / sent["elapsed_s"]
+        out["clients"].append({"offered_per_s": per_client * 1000, "absorbed_per_s": round(rate),
+                               "expected": sent["sent_per_client"] * 1000,
+                               "received": stats["events"], "p99_ms": stats["p99_ms"]})
+        print(f"  client fleet alone: offered {per_client * 1000:,}/s -> absorbed {rate:,.0f}/s "
+              f"(p99 {stats['p99_ms']} ms)", flush=True)
+    return out
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    return (f"sent {r['sent']:>7} deliveries/s {r['deliveries_per_s']:>9,} lost {r['lost']:>6} "
+            f"p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms max {r['max_ms']:.1f} ms "
+            f"caught-up {r['ingest_caught_up']} (lag {r['ingest_lag_s']} s) "
+            f"hub cpu {r['hub_cpu_s']} s rss {r['hub_rss_peak_mb']} MB")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("which", nargs="?", default="all", choices=["a", "b", "c", "selfcheck", "all"])
+    p.add_argument("--quick", action="store_true", help="short steps (smoke run)")
+    a = p.parse_args()
+    runs = {"selfcheck": selfcheck, "a": scenario_a, "b": scenario_b, "c": scenario_c}
+    chosen = list(runs) if a.which == "all" else [a.which]
+    results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "command": " ".join(sys.argv), "results": []}
+    print(json.dumps(results["machine"]))
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        r = runs[name](a.quick)
+        results["results"].append(r)
+        if name == "a":
+            print("  a: " + summary_line(r["steps"][0]), flush=True)
+    out_dir = BENCH / "results"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()

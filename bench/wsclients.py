@@ -1,0 +1,196 @@
+"""WebSocket client fleet for the benchmark: N raw connections in one uvloop process.
+
+Each client performs the handshake by hand, subscribes, then parses every frame (a single
+event or a JSON array of events), counts telemetry events and records end-to-end latency
+(receive time minus the publisher's ``t``) in a fixed histogram (100 µs bins up to 10 s).
+
+    python bench/wsclients.py --port P --clients 1000 --subscribe all
+    python bench/wsclients.py --port P --clients 1000 --subscribe per-device:100 --device-prefix dev
+
+Prints READY once every client got its ``subscribed`` reply, then answers commands on stdin:
+``stats`` prints one JSON line with counts and latency since the last ``stats`` and resets;
+``count`` prints the events received since then without resetting; ``quit`` exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+
+import orjson
+
+BIN_US = 100
+BINS = 100_001  # up to 10 s
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.hist = [0] * BINS
+        self.max_us = 0
+        self.events = 0
+        self.frames = 0
+        self.other = 0
+
+    def summary(self, counts: list[int]) -> dict[str, object]:
+        total = sum(self.hist)
+
+        def pct(q: float) -> float | None:
+            if not total:
+                return None
+            rank, acc = q * total, 0
+            for i, n in enumerate(self.hist):
+                acc += n
+                if acc >= rank:
+                    return (i + 1) * BIN_US / 1000
+            return None
+
+        return {"events": self.events, "frames": self.frames, "other": self.other,
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": self.max_us / 1000,
+                "counts": counts}
+
+
+STATS = Stats()
+READY = 0
+
+
+def mask(payload: bytes) -> bytes:
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    header = bytes((0x81, 0x80 | n)) if n < 126 else b"\x81\xfe" + n.to_bytes(2, "big")
+    return header + key + masked
+
+
+class Client(asyncio.Protocol):
+    def __init__(self, path: str, channel: str, all_ready: asyncio.Event, n: int) -> None:
+        self.path = path
+        self.channel = channel
+        self.buf = bytearray()
+        self.stage = 0  # 0 handshake, 1 waiting for subscribed, 2 streaming
+        self.count = 0
+        self.all_ready = all_ready
+        self.n = n
+        self.closed_code: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(  # type: ignore[attr-defined]
+            f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            .encode())
+
+    def data_received(self, data: bytes) -> None:
+        global READY
+        buf = self.buf
+        buf += data
+        if self.stage == 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            del buf[: end + 4]
+            self.stage = 1
+            self.transport.write(mask(orjson.dumps({"type": "subscribe", "channel": self.channel})))
+        now_ns = time.time_ns()
+        stats = STATS
+        hist = stats.hist
+        pos = 0
+        size = len(buf)
+        while size - pos >= 2:
+            b1 = buf[pos + 1] & 0x7F
+            header = 2
+            if b1 == 126:
+                if size - pos < 4:
+                    break
+                b1 = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                header = 4
+            elif b1 == 127:
+                if size - pos < 10:
+                    break
+                b1 = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                header = 10
+            end = pos + header + b1
+            if end > size:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == 0x1:
+                stats.frames += 1
+                message = orjson.loads(memoryview(buf)[pos + header : end])
+                events = message if isinstance(message, list) else (message,)
+                for event in events:
+                    if event.get("type") == "telemetry":
+                        self.count += 1
+                        stats.events += 1
+                        lat_us = (now_ns - event["data"]["t"]) // 1000
+                        if lat_us > stats.max_us:
+                            stats.max_us = lat_us
+                        hist[min(max(lat_us, 0) // BIN_US, BINS - 1)] += 1
+                    elif event.get("type") == "subscribed" and self.stage == 1:
+                        self.stage = 2
+                        READY += 1
+                        if READY == self.n:
+                            self.all_ready.set()
+                    else:
+                        stats.other += 1
+            elif opcode == 0x8:
+                self.closed_code = int.from_bytes(buf[pos + header : pos + header + 2], "big")
+            elif opcode == 0x9:  # ping -> pong
+                self.transport.write(b"\x8a\x80" + os.urandom(4))
+            pos = end
+        if pos:
+            del buf[:pos]
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--subscribe", default="all", help="'all' or 'per-device:D'")
+    p.add_argument("--device-prefix", default="dev")
+    p.add_argument("--path", default="/ws")
+    a = p.parse_args()
+    loop = asyncio.get_running_loop()
+    all_ready = asyncio.Event()
+    clients: list[Client] = []
+    for i in range(a.clients):
+        if a.subscribe == "all":
+            channel = "all"
+        else:
+            devices = int(a.subscribe.split(":")[1])
+            channel = f"device:{a.device_prefix}-{i % devices:04d}"
+        _, proto = await loop.create_connection(
+            lambda ch=channel: Client(a.path, ch, all_ready, a.clients), "127.0.0.1", a.port)
+        clients.append(proto)
+    await asyncio.wait_for(all_ready.wait(), 60)
+    print("READY", flush=True)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    global STATS
+    while True:
+        line = (await reader.readline()).decode().strip()
+        if line == "count":
+            print(json.dumps({"events": sum(c.count for c in clients)}), flush=True)
+        elif line == "stats":
+            counts = [c.count for c in clients]
+            closed = sum(1 for c in clients if c.closed_code is not None)
+            summary = STATS.summary(counts)
+            summary["closed"] = closed
+            print(json.dumps(summary), flush=True)
+            STATS = Stats()
+            for c in clients:
+                c.count = 0
+        elif line in ("quit", ""):
+            for c in clients:
+                c.transport.close()
+            return
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())
