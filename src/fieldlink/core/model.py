@@ -15,8 +15,20 @@ DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 Status = Literal["online", "offline", "unknown"]
 
 
+_VALID_IDS: set[str] = set()
+_VALID_IDS_MAX = 1_000_000  # a memo of DEVICE_ID_RE results: a fleet repeats its ids
+
+
 def is_valid_device_id(value: object) -> bool:
-    return isinstance(value, str) and DEVICE_ID_RE.fullmatch(value) is not None
+    if value.__class__ is not str:
+        return False
+    if value in _VALID_IDS:
+        return True
+    if DEVICE_ID_RE.fullmatch(value) is None:
+        return False
+    if len(_VALID_IDS) < _VALID_IDS_MAX:
+        _VALID_IDS.add(value)
+    return True
 
 
 @dataclass(slots=True)

@@ -70,16 +70,9 @@ def error(code: str, message: str, request: dict[str, Any] | None = None) -> byt
 
 def event_payload(event_type: str, channel: str, seq: int, data: bytes) -> bytes:
     """One event as JSON. Channel names come from the catalogue and need no escaping."""
-    return b"".join(
-        (
-            b'{"type":"',
-            event_type.encode(),
-            b'","channel":"',
-            channel.encode(),
-            b'","seq":',
-            str(seq).encode(),
-            b',"data":',
-            data,
-            b"}",
-        )
+    return b'{"type":"%s","channel":"%s","seq":%d,"data":%s}' % (
+        event_type.encode(),
+        channel.encode(),
+        seq,
+        data,
     )

@@ -127,13 +127,14 @@ class Ingestor:
         if match.kind not in (TopicKind.TELEMETRY, TopicKind.ROUTE):
             return None
         self.counters.received += 1
+        now_ms = self.clock_ms()
         try:
             obj = decode_json(payload, self.limits)
             if match.route is not None:
                 device_id, obj = match.route.extract(topic, obj)
                 record = validate_record(
                     obj,
-                    now_ms=self.clock_ms(),
+                    now_ms=now_ms,
                     device_id=device_id,
                     kind=match.route.kind,
                     limits=self.limits,
@@ -150,13 +151,13 @@ class Ingestor:
                         "$.device_id",
                     )
                 record = validate_record(
-                    obj, now_ms=self.clock_ms(), device_id=match.device_id, limits=self.limits
+                    obj, now_ms=now_ms, device_id=match.device_id, limits=self.limits
                 )
         except ValidationError as exc:
             self.counters.reject(exc.code)
             log.info("mqtt record rejected on %s: %s (%s)", topic[:200], exc.code, exc.message)
             return None
-        if not self._accept(record):
+        if not self._accept(record, now_ms):
             return None
         return self._enqueue(record)
 
@@ -194,7 +195,7 @@ class Ingestor:
                     detail["path"] = f"$[{index}]" + str(detail["path"])[1:]
                 errors.append(detail)
                 continue
-            if self._accept(record):
+            if self._accept(record, now_ms):
                 accepted.append(record)
             else:
                 duplicates += 1
@@ -210,13 +211,12 @@ class Ingestor:
 
     # ---- the shared path ----------------------------------------------------------------
 
-    def _accept(self, record: Record) -> bool:
+    def _accept(self, record: Record, now_ms: int) -> bool:
         """Dedupe, register, cache, update status and publish. False for a duplicate."""
         device_id = record.device_id
         if record.seq is not None and not self._recent.first_sighting(device_id, record.seq):
             self.counters.reject(DUPLICATE)
             return False
-        now_ms = self.clock_ms()
         self._register(device_id, record.kind, record.meta, now_ms)
         self.cache.set_latest(record, now_ms)
         change = self.status.activity(device_id, now_ms)
