@@ -1,0 +1,97 @@
+"""One contract suite for every Store implementation (memory, SQLite; PostgreSQL later)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from fieldlink.backends.aggregate import aggregate_records
+from fieldlink.backends.memory import MemoryStore
+from fieldlink.backends.sqlite import SqliteStore
+from fieldlink.core.errors import DependencyDown
+from fieldlink.core.model import Device, Record
+from fieldlink.ports import Store, WriteResult
+
+T0 = 1_764_000_000_000
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "h.db")
+    await s.start()
+    yield s
+    await s.close()
+
+
+def rec(device: str, ts: int, seq: int | None = None, **metrics: object) -> Record:
+    return Record(device, ts, dict(metrics) or {"v": ts}, seq)
+
+
+async def test_range_is_half_open_ordered_and_limited(store: Store) -> None:
+    await store.write([rec("d", T0 + i * 1000, v=i) for i in (3, 1, 2, 0, 4)])
+    rows = await store.query_range("d", T0 + 1000, T0 + 4000, 100)
+    assert [r.metrics["v"] for r in rows] == [1, 2, 3]
+    newest = await store.query_range("d", T0, T0 + 10_000, 2, newest_first=True)
+    assert [r.metrics["v"] for r in newest] == [4, 3]
+    assert [r.metrics["v"] for r in await store.query_range("d", T0, T0 + 10_000, 2)] == [0, 1]
+    assert await store.query_range("other", T0, T0 + 10_000, 10) == []
+
+
+async def test_dedupe_on_device_and_seq(store: Store) -> None:
+    first = await store.write([rec("d", T0, 1), rec("d", T0 + 1, 1), rec("e", T0, 1)])
+    assert first == WriteResult(stored=2, duplicates=1)
+    second = await store.write([rec("d", T0 + 5, 1), rec("d", T0 + 6, 2)])
+    assert second == WriteResult(stored=1, duplicates=1)
+    no_seq = await store.write([rec("d", T0 + 7), rec("d", T0 + 7)])
+    assert no_seq == WriteResult(stored=2, duplicates=0)
+    rows = await store.query_range("d", T0, T0 + 100, 100)
+    assert [(r.ts_ms - T0, r.seq) for r in rows] == [(0, 1), (6, 2), (7, None), (7, None)]
+
+
+async def test_devices_upsert_keeps_created(store: Store) -> None:
+    store.save_device(Device("d", "edge", {"a": 1}, created_ms=T0, last_seen_ms=T0))
+    store.save_device(Device("d", "gas", {"a": 2}, created_ms=T0 + 99, last_seen_ms=T0 + 5))
+    store.save_device(Device("c", "edge", {}, created_ms=T0))
+    await store.write([rec("d", T0)])  # devices commit with the next batch
+    device = await store.get_device("d")
+    assert device is not None
+    assert (device.kind, device.meta, device.created_ms) == ("gas", {"a": 2}, T0)
+    assert [d.id for d in await store.list_devices()] == ["c", "d"]
+    assert await store.get_device("missing") is None
+
+
+async def test_latest(store: Store) -> None:
+    assert await store.latest("d") is None
+    await store.write([rec("d", T0 + 5, v=5), rec("d", T0, v=0)])
+    latest = await store.latest("d")
+    assert latest is not None and latest.metrics == {"v": 5}
+
+
+@pytest.mark.parametrize("agg", ["avg", "min", "max", "last", "count"])
+async def test_buckets_match_the_reference(store: Store, agg: str) -> None:
+    records = [Record("d", T0 + i * 7_000, {"x": float(i % 5), "y": i, "flag": True, "s": "txt"})
+               for i in range(40)]
+    await store.write(records)
+    got = await store.query_buckets("d", T0, T0 + 40 * 7_000, 60_000, agg)
+    assert got == aggregate_records(records, 60_000, agg)
+    assert all("flag" not in row and "s" not in row for row in got)
+    assert got[0]["ts"] == (T0 // 60_000) * 60_000
+
+
+async def test_sqlite_survives_reopen_and_refuses_writes_after_close(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    s = SqliteStore(path)
+    await s.start()
+    await s.write([rec("d", T0, 1, v=1)])
+    await s.close()
+    reopened = SqliteStore(path)
+    await reopened.start()
+    try:
+        assert [r.seq for r in await reopened.query_range("d", 0, 2**62, 10)] == [1]
+        assert (await reopened.write([rec("d", T0 + 1, 1)])).duplicates == 1
+    finally:
+        await reopened.close()
+    with pytest.raises(DependencyDown):
+        await reopened.write([rec("d", T0 + 2)])
