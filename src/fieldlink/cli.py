@@ -96,6 +96,10 @@ def up(
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if http_port == "auto" and http != 8000:
+        typer.echo(f"note: port 8000 is in use; HTTP/WebSocket use port {http}", err=True)
+    if mqtt_url is None and mqtt_port == "auto" and mqtt != 1883:
+        typer.echo(f"note: port 1883 is in use; the embedded broker uses port {mqtt}", err=True)
     settings = Settings(
         http_host=host,
         http_port=http,

@@ -127,6 +127,8 @@ def test_auto_ports_fall_back_when_defaults_are_taken(tmp_path: Path) -> None:
         http_port = int(http_line.rsplit(":", 1)[1].strip("/\n "))
         mqtt_port = int(mqtt_line.split("mqtt://127.0.0.1:")[1].split()[0])
         assert http_port != 8000 and mqtt_port != 1883
+        assert f"port 1883 is in use; the embedded broker uses port {mqtt_port}" in banner
+        assert f"port 8000 is in use; HTTP/WebSocket use port {http_port}" in banner
         assert httpx.get(f"http://127.0.0.1:{http_port}/health").json()["status"] == "ok"
     finally:
         assert stop(process) == 0

@@ -48,3 +48,37 @@ async def test_paho_publish_reaches_ws_subscriber_and_history(hub: RunningHub) -
     assert response.status_code == 200
     points = response.json()["points"]
     assert [(p["seq"], p["temp"]) for p in points] == [(7, 21.5)]
+
+
+async def test_openapi_docs_health_and_metrics(hub: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+        docs = await http.get("/docs")
+        spec = (await http.get("/openapi.json")).json()
+        health = (await http.get("/health")).json()
+        metrics = (await http.get("/metrics")).text
+        page = await http.get("/")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    for path in ("/api/telemetry", "/api/devices", "/api/devices/{device_id}",
+                 "/api/devices/{device_id}/telemetry", "/api/devices/{device_id}/telemetry/latest",
+                 "/health", "/metrics"):
+        assert path in spec["paths"], path
+    assert health == {"status": "ok", "checks": {"store": "ok", "broker": "ok", "bus": "ok"}}
+    for name in ("fieldlink_ingest_received_total", "fieldlink_ingest_stored_total",
+                 "fieldlink_ws_clients", "fieldlink_ingest_pending"):
+        assert name in metrics
+    assert page.status_code == 200 and 'data-testid="devices"' in page.text
+
+
+async def test_health_is_degraded_while_the_broker_is_away(mosquitto, make_hub) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.clients import wait_until
+
+    async with make_hub(mqtt_url=mosquitto.url) as hub:
+        async with httpx.AsyncClient(base_url=hub.http_url) as http:
+            mosquitto.stop()
+            await wait_until(lambda: not hub.runtime.mqtt.connected.is_set())
+            response = await http.get("/health")
+            assert response.status_code == 503
+            assert response.json()["checks"]["broker"] == "down"
+            mosquitto.start()
+            await wait_until(lambda: hub.runtime.mqtt.connected.is_set(), timeout=10)
+            assert (await http.get("/health")).status_code == 200

@@ -53,6 +53,7 @@ class MqttIngest:
         self.client.on_disconnect = self._on_disconnect
         self.client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
         self.connects = 0
+        self.stopping = False
 
     async def start(self) -> None:
         # MQTT 3.1.1: no per-packet v5 property parsing (about 5% of the ingest loop); shared
@@ -61,6 +62,7 @@ class MqttIngest:
         await asyncio.wait_for(self.connected.wait(), 10)
 
     async def stop(self) -> None:
+        self.stopping = True
         try:
             await asyncio.wait_for(self.client.disconnect(), 5)
         except (TimeoutError, OSError) as exc:
@@ -80,7 +82,10 @@ class MqttIngest:
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()
-        log.warning("mqtt disconnected from %s:%d", self.host, self.port)
+        if self.stopping:
+            log.info("mqtt disconnected from %s:%d (shutting down)", self.host, self.port)
+        else:
+            log.warning("mqtt disconnected from %s:%d; reconnecting", self.host, self.port)
 
     def _on_message(
         self, client: Client, topic: Any, payload: bytes, qos: int, properties: Any
