@@ -14,16 +14,9 @@ import hashlib
 import json
 import time
 
+from fieldlink.gateway.frames import text_frame as frame
+
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B41"
-
-
-def frame(payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class Conn(asyncio.Protocol):

@@ -3,7 +3,7 @@ collector reads them at scrape time, so the hot path pays nothing for metrics.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -13,79 +13,120 @@ if TYPE_CHECKING:
     from fieldlink.app.wiring import Runtime
 
 
+Sample = Callable[["Runtime"], float]
+
+# (name, help, counter?, how to read it): the one list of unlabelled metrics.
+SCALARS: tuple[tuple[str, str, bool, Sample], ...] = (
+    (
+        "fieldlink_ingest_received",
+        "Telemetry records received",
+        True,
+        lambda r: r.ingestor.counters.received,
+    ),
+    (
+        "fieldlink_ingest_stored",
+        "Telemetry records committed",
+        True,
+        lambda r: r.ingestor.counters.stored,
+    ),
+    (
+        "fieldlink_ingest_pending",
+        "Records waiting for the store",
+        False,
+        lambda r: r.ingestor.counters.pending,
+    ),
+    (
+        "fieldlink_status_messages",
+        "Status messages received",
+        True,
+        lambda r: r.ingestor.counters.status_messages,
+    ),
+    (
+        "fieldlink_status_rejected",
+        "Status messages rejected",
+        True,
+        lambda r: r.ingestor.counters.status_rejected,
+    ),
+    ("fieldlink_devices", "Registered devices", False, lambda r: len(r.ingestor.devices)),
+    ("fieldlink_ws_clients", "Connected WebSocket clients", False, lambda r: r.hub.stats.connected),
+    (
+        "fieldlink_ws_connections",
+        "WebSocket connections accepted",
+        True,
+        lambda r: r.hub.stats.connections_total,
+    ),
+    (
+        "fieldlink_ws_events",
+        "Events published to the gateway",
+        True,
+        lambda r: r.hub.stats.events_published,
+    ),
+    (
+        "fieldlink_ws_deliveries",
+        "Events delivered to clients",
+        True,
+        lambda r: r.hub.stats.deliveries,
+    ),
+    (
+        "fieldlink_ws_writes",
+        "Socket writes by the gateway",
+        True,
+        lambda r: r.hub.stats.frames_written,
+    ),
+    (
+        "fieldlink_ws_slow_disconnects",
+        "Clients closed as slow consumers",
+        True,
+        lambda r: r.hub.stats.slow_disconnects,
+    ),
+    (
+        "fieldlink_ws_conflated",
+        "Events replaced by a newer one for a lagging client",
+        True,
+        lambda r: r.hub.stats.conflated,
+    ),
+    (
+        "fieldlink_ws_client_errors",
+        "Client messages answered with an error",
+        True,
+        lambda r: r.hub.stats.client_errors,
+    ),
+)
+
+
 class RuntimeCollector:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
-        c = self.runtime.ingestor.counters
-        h = self.runtime.hub.stats
-        yield CounterMetricFamily(
-            "fieldlink_ingest_received", "Telemetry records received", value=c.received
-        )
-        yield CounterMetricFamily(
-            "fieldlink_ingest_stored", "Telemetry records committed", value=c.stored
-        )
-        rejected = CounterMetricFamily(
-            "fieldlink_ingest_rejected", "Records rejected, by reason", labels=["reason"]
-        )
-        for reason, n in sorted(c.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        dropped = CounterMetricFamily(
-            "fieldlink_ingest_dropped", "Records dropped, by reason", labels=["reason"]
-        )
-        for reason, n in sorted(c.dropped.items()):
-            dropped.add_metric([reason], n)
-        yield dropped
-        yield GaugeMetricFamily(
-            "fieldlink_ingest_pending", "Records waiting for the store", value=c.pending
-        )
-        yield CounterMetricFamily(
-            "fieldlink_status_messages", "Status messages received", value=c.status_messages
-        )
-        yield CounterMetricFamily(
-            "fieldlink_status_rejected", "Status messages rejected", value=c.status_rejected
-        )
-        yield GaugeMetricFamily(
-            "fieldlink_devices", "Registered devices", value=len(self.runtime.ingestor.devices)
-        )
-        online = GaugeMetricFamily(
-            "fieldlink_devices_by_status", "Devices by status", labels=["status"]
-        )
-        for status, n in self.runtime.status.counts().items():
-            online.add_metric([status], n)
-        yield online
-        yield GaugeMetricFamily(
-            "fieldlink_ws_clients", "Connected WebSocket clients", value=h.connected
-        )
-        yield CounterMetricFamily(
-            "fieldlink_ws_connections", "WebSocket connections accepted", value=h.connections_total
-        )
-        yield CounterMetricFamily(
-            "fieldlink_ws_events", "Events published to the gateway", value=h.events_published
-        )
-        yield CounterMetricFamily(
-            "fieldlink_ws_deliveries", "Events delivered to clients", value=h.deliveries
-        )
-        yield CounterMetricFamily(
-            "fieldlink_ws_writes", "Socket writes by the gateway", value=h.frames_written
-        )
-        yield CounterMetricFamily(
-            "fieldlink_ws_slow_disconnects",
-            "Clients closed as slow consumers",
-            value=h.slow_disconnects,
-        )
-        yield CounterMetricFamily(
-            "fieldlink_ws_conflated",
-            "Events replaced by a newer one for a lagging client",
-            value=h.conflated,
-        )
-        yield CounterMetricFamily(
-            "fieldlink_ws_client_errors",
-            "Client messages answered with an error",
-            value=h.client_errors,
-        )
+        runtime = self.runtime
+        for name, help_text, is_counter, sample in SCALARS:
+            kind = CounterMetricFamily if is_counter else GaugeMetricFamily
+            yield kind(name, help_text, value=sample(runtime))
+        c = runtime.ingestor.counters
+        for name, help_text, label, values, is_counter in (
+            (
+                "fieldlink_ingest_rejected",
+                "Records rejected, by reason",
+                "reason",
+                c.rejected,
+                True,
+            ),
+            ("fieldlink_ingest_dropped", "Records dropped, by reason", "reason", c.dropped, True),
+            (
+                "fieldlink_devices_by_status",
+                "Devices by status",
+                "status",
+                runtime.status.counts(),
+                False,
+            ),
+        ):
+            labelled: Metric = (CounterMetricFamily if is_counter else GaugeMetricFamily)(
+                name, help_text, labels=[label]
+            )
+            for key, n in sorted(values.items()):
+                labelled.add_metric([key], n)  # type: ignore[attr-defined]
+            yield labelled
 
 
 def registry_for(runtime: Runtime) -> CollectorRegistry:
