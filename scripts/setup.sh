@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what fieldlink needs on a fresh Debian machine: server binaries (apt) and a venv.
 #   scripts/setup.sh runtime   -> mosquitto + venv with the package
-#   scripts/setup.sh test      -> also redis, PostgreSQL, Chromium and the dev extras
+#   scripts/setup.sh test      -> also redis-server, PostgreSQL, Chromium and the dev extras
+# Tests start their own servers on free ports; the packaged services are left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-runtime}"
@@ -13,6 +14,8 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have mosquitto || need+=(mosquitto)
 if [ "$mode" = test ]; then
   have chromium || need+=(chromium)
+  have redis-server || need+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]} with apt-get" >&2

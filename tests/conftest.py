@@ -13,7 +13,7 @@ from fieldlink.app.server import http_port_of, running_hub
 from fieldlink.app.settings import Settings
 from fieldlink.app.wiring import Runtime
 from fieldlink.mqtt.broker import free_port
-from tests.support.servers import Mosquitto
+from tests.support.servers import Mosquitto, Postgres, Redis
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +32,44 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One private PostgreSQL for the session; each test gets its own database (pg_url)."""
+    server = Postgres()
+    server.start()
+    yield server
+    server.remove()
+
+
+async def fresh_database(postgres: Postgres) -> str:
+    """Create an empty database on the session's PostgreSQL; returns its URL."""
+    import secrets
+
+    import asyncpg
+
+    name = "t_" + secrets.token_hex(6)
+    admin = await asyncpg.connect(postgres.url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+async def pg_url(postgres: Postgres) -> str:
+    """A fresh empty database on the session's PostgreSQL."""
+    return await fresh_database(postgres)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
 
 
 class RunningHub:

@@ -1,7 +1,8 @@
-"""The ``fieldlink`` command: up | serve | simulate | bench."""
+"""The ``fieldlink`` command: up | serve | simulate | migrate | bench."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
@@ -170,6 +171,18 @@ def simulate(
             prefix=prefix,
         )
     )
+
+
+@app.command()
+def migrate(
+    database_url: str = typer.Option(..., help="postgresql://USER@HOST:PORT/DB"),
+) -> None:
+    """Apply the missing numbered migrations to a PostgreSQL database (also done at start-up)."""
+    from fieldlink.backends.postgres import migrate as run_migrations
+
+    _logging("info")
+    applied = asyncio.run(run_migrations(database_url))
+    typer.echo("applied: " + ", ".join(applied) if applied else "the schema is up to date")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -9,17 +9,25 @@ import pytest
 
 from fieldlink.backends.aggregate import aggregate_records
 from fieldlink.backends.memory import MemoryStore
+from fieldlink.backends.postgres import PostgresStore
 from fieldlink.backends.sqlite import SqliteStore
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
 from fieldlink.ports import Store, WriteResult
+from tests.conftest import fresh_database
 
 T0 = 1_764_000_000_000
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "h.db")
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "h.db")
+    else:
+        s = PostgresStore(await fresh_database(request.getfixturevalue("postgres")))
     await s.start()
     yield s
     await s.close()

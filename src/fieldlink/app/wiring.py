@@ -45,7 +45,13 @@ def store_from_url(url: str) -> Store:
 
         path = rest[1:] if rest.startswith("/") and rest[1:2] == "/" else rest
         return SqliteStore(path)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or memory://")
+    if scheme in ("postgresql", "postgres"):
+        from fieldlink.backends.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(
+        f"unsupported database URL {url!r}: use sqlite:///PATH, postgresql://... or memory://"
+    )
 
 
 def load_routes(path: Path | None) -> tuple[Route, ...]:

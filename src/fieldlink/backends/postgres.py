@@ -1,0 +1,271 @@
+"""PostgreSQL history and device registry (``postgresql://``), for production and scale-out.
+
+Writes: one writer task owns a connection and commits whatever has queued since its last
+commit in one transaction: the rows are COPYed into a temporary staging table, then moved with
+one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` so duplicates of ``(device_id, seq)`` are
+skipped and counted per caller. Reads use a small pool. Migrations are numbered SQL files in
+``migrations/postgres``; ``migrate`` applies the missing ones under an advisory lock, so
+several instances may start at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+from fieldlink.core.errors import DependencyDown
+from fieldlink.core.model import Device, Record
+from fieldlink.ports import WriteResult
+
+log = logging.getLogger("fieldlink.postgres")
+
+MIGRATION_LOCK = 7_241_001  # pg_advisory_lock key: one migrator at a time
+_MAX_BATCH_ITEMS = 2000
+
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
+    ord int, grp int, device_id text, ts bigint, seq bigint, data jsonb
+) ON COMMIT DELETE ROWS
+"""
+_MOVE = """
+INSERT INTO telemetry (device_id, ts, seq, data)
+SELECT device_id, ts, seq, data FROM telemetry_stage ORDER BY ord
+ON CONFLICT (device_id, seq) WHERE seq IS NOT NULL DO NOTHING
+RETURNING device_id, seq
+"""
+_UPSERT_DEVICE = """
+INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, meta = excluded.meta,
+    last_seen_ms = greatest(devices.last_seen_ms, excluded.last_seen_ms)
+"""
+_AGG_SQL = {
+    "avg": "avg((kv.value #>> '{}')::float8)",
+    "min": "min((kv.value #>> '{}')::float8)",
+    "max": "max((kv.value #>> '{}')::float8)",
+    "count": "count(*)",
+    "last": "(array_agg((kv.value #>> '{}')::float8 ORDER BY t.ts DESC))[1]",
+}
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` for every migration file, in order."""
+    folder = resources.files("fieldlink.backends.migrations").joinpath("postgres")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply missing migrations; returns the names applied."""
+    conn = await asyncpg.connect(url)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied.append(name)
+            log.info("applied migration %s", name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        await conn.close()
+    return applied
+
+
+class PostgresStore:
+    def __init__(self, url: str, pool_size: int = 4) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[WriteResult] | None]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._closing = False
+        self.batches = 0
+
+    async def start(self) -> None:
+        await migrate(self.url)
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
+        self._writer = asyncio.create_task(self._write_loop())
+
+    async def close(self) -> None:
+        """Commit everything queued, then close."""
+        self._closing = True
+        if self._writer is not None:
+            done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+            self._queue.put_nowait((None, done))  # sentinel: the writer stops after it
+            await asyncio.wait({self._writer}, timeout=30)
+            self._writer = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    # ---- writes -------------------------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> asyncio.Future[WriteResult]:
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        if self._writer is None or self._closing:
+            future.set_exception(DependencyDown("the PostgreSQL store is closed"))
+            return future
+        self._queue.put_nowait((list(records), future))
+        return future
+
+    def save_device(self, device: Device) -> None:
+        row = (
+            device.id,
+            device.kind,
+            orjson.dumps(device.meta).decode(),
+            device.created_ms,
+            device.last_seen_ms,
+        )
+        self._queue.put_nowait((row, None))
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.url)
+            await self._conn.execute(_STAGE)
+        return self._conn
+
+    async def _write_loop(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < _MAX_BATCH_ITEMS and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            stop = any(payload is None for payload, _ in items)
+            groups: list[tuple[list[Record], asyncio.Future[WriteResult]]] = [
+                (p, f) for p, f in items if p is not None and f is not None
+            ]
+            devices = [p for p, f in items if p is not None and f is None]
+            try:
+                results = await self._commit(groups, devices)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                error = DependencyDown(f"PostgreSQL write failed: {exc}")
+                for _, future in groups:
+                    if not future.done():
+                        future.set_exception(error)
+                if self._conn is not None and not self._conn.is_closed():
+                    self._conn.terminate()
+                self._conn = None
+            else:
+                for (_, future), result in zip(groups, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+            if stop:
+                for payload, waiter in items:
+                    if payload is None and waiter is not None and not waiter.done():
+                        waiter.set_result(WriteResult(0, 0))
+                return
+
+    async def _commit(
+        self, groups: list[tuple[list[Record], asyncio.Future[WriteResult]]], devices: list[Any]
+    ) -> list[WriteResult]:
+        conn = await self._connection()
+        rows = []
+        ord_ = 0
+        for grp, (records, _) in enumerate(groups):
+            for r in records:
+                rows.append(
+                    (ord_, grp, r.device_id, r.ts_ms, r.seq, orjson.dumps(r.metrics).decode())
+                )
+                ord_ += 1
+        stored = [0] * len(groups)
+        async with conn.transaction():
+            if devices:
+                await conn.executemany(_UPSERT_DEVICE, devices)
+            if rows:
+                await conn.copy_records_to_table("telemetry_stage", records=rows)
+                inserted = await conn.fetch(_MOVE)
+                # Map inserted rows back to their callers: a row without seq is always inserted;
+                # for (device, seq) the first staged occurrence wins (ORDER BY ord).
+                remaining = {(r[2], r[4]): r[1] for r in reversed(rows) if r[4] is not None}
+                for row in inserted:
+                    if row["seq"] is not None:
+                        stored[remaining[(row["device_id"], row["seq"])]] += 1
+                for _, grp, _, _, seq, _ in rows:
+                    if seq is None:
+                        stored[grp] += 1
+        self.batches += 1
+        return [WriteResult(stored[i], len(g[0]) - stored[i]) for i, g in enumerate(groups)]
+
+    # ---- reads --------------------------------------------------------------------------
+
+    def _reader(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise DependencyDown("the PostgreSQL store is not started")
+        return self._pool
+
+    async def get_device(self, device_id: str) -> Device | None:
+        row = await self._reader().fetchrow(
+            "SELECT id, kind, meta::text, created_ms, last_seen_ms FROM devices WHERE id = $1",
+            device_id,
+        )
+        return _device(row) if row else None
+
+    async def list_devices(self) -> list[Device]:
+        rows = await self._reader().fetch(
+            "SELECT id, kind, meta::text, created_ms, last_seen_ms FROM devices ORDER BY id"
+        )
+        return [_device(r) for r in rows]
+
+    async def query_range(
+        self, device_id: str, start_ms: int, end_ms: int, limit: int, newest_first: bool = False
+    ) -> list[Record]:
+        order = "DESC" if newest_first else "ASC"
+        rows = await self._reader().fetch(
+            "SELECT device_id, ts, seq, data::text FROM telemetry WHERE device_id = $1 "
+            f"AND ts >= $2 AND ts < $3 ORDER BY ts {order} LIMIT $4",
+            device_id,
+            start_ms,
+            end_ms,
+            limit,
+        )
+        return [Record(r[0], r[1], orjson.loads(r[3]), r[2]) for r in rows]
+
+    async def query_buckets(
+        self, device_id: str, start_ms: int, end_ms: int, bucket_ms: int, agg: str
+    ) -> list[dict[str, Any]]:
+        rows = await self._reader().fetch(
+            f"SELECT (t.ts / $1) * $1 AS bucket, kv.key, {_AGG_SQL[agg]} AS value "
+            "FROM telemetry AS t, jsonb_each(t.data) AS kv "
+            "WHERE t.device_id = $2 AND t.ts >= $3 AND t.ts < $4 "
+            "AND jsonb_typeof(kv.value) = 'number' GROUP BY bucket, kv.key ORDER BY bucket",
+            bucket_ms,
+            device_id,
+            start_ms,
+            end_ms,
+        )
+        out: list[dict[str, Any]] = []
+        for bucket, key, value in rows:
+            if not out or out[-1]["ts"] != bucket:
+                out.append({"ts": bucket})
+            out[-1][key] = int(value) if agg == "count" else float(value)
+        return out
+
+    async def latest(self, device_id: str) -> Record | None:
+        rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
+        return rows[0] if rows else None
+
+
+def _device(row: Any) -> Device:
+    return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4])
