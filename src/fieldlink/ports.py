@@ -21,12 +21,14 @@ class Event:
     wraps it per channel without decoding it again. ``channels`` lists every channel that carries
     it (``device:n1``, ``all``). ``key`` names what the event is about (the device id): a
     client that lags behind receives only the latest event per ``(channel, type, key)``.
+    ``local_only`` events (silence-based status) are computed by every instance itself.
     """
 
     type: str
     channels: tuple[str, ...]
     data: bytes
     key: str = ""
+    local_only: bool = False  # derived identically on every instance: never sent to others
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,11 @@ class Cache(Protocol):
     the store. Reads and writes are synchronous for the in-process implementation; a networked
     implementation keeps a local mirror so the hot path never awaits it."""
 
-    def set_latest(self, record: Record, now_ms: int) -> None: ...
+    def set_latest(self, record: Record, now_ms: int) -> None:
+        """This instance ingested the record: remember it (and publish it to a shared cache)."""
+
+    def remember(self, record: Record, now_ms: int) -> None:
+        """Another instance ingested it (and wrote any shared cache): update local reads only."""
 
     def get_latest(self, device_id: str, now_ms: int) -> Record | None: ...
 
@@ -93,7 +99,8 @@ class Bus(Protocol):
 
     The in-process bus is single node only. Delivery is at most once; a handler is called in
     publish order for events of one producer, and must not block (it only enqueues). Handlers
-    registered before ``publish`` see every event published after registration.
+    registered before ``publish`` see every event published after registration. This
+    instance's events reach its own handlers synchronously inside ``publish``.
     """
 
     def subscribe(self, handler: EventHandler) -> None: ...

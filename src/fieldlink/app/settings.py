@@ -17,6 +17,8 @@ class Settings:
     data_dir: Path = Path("data")
     database_url: str | None = None  # None: sqlite:///<data_dir>/fieldlink.db
     mqtt_client_id: str | None = None  # None: derived from data_dir (stable across restarts)
+    mqtt_shared_group: str | None = None  # set with several instances: $share/<group>/...
+    redis_url: str | None = None  # None: in-process bus and cache (single instance)
     topic_prefix: str = "edge"
     routes_file: Path | None = None
     cache_ttl_s: float = 300.0
@@ -31,6 +33,7 @@ class Settings:
     simulate_interval_s: float = 5.0
     simulate_seed: int = 1
     log_level: str = "info"
+    stop_timeout_s: float = 10.0  # how long shutdown waits for pending writes
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'fieldlink.db').resolve()}"

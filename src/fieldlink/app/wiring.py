@@ -9,7 +9,7 @@ import logging
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
 from fieldlink.core.status import StatusBook
@@ -23,11 +23,14 @@ from fieldlink.gateway.ws import (
 )
 from fieldlink.mqtt.broker import EmbeddedBroker
 from fieldlink.mqtt.listener import MqttIngest
-from fieldlink.ports import Store
+from fieldlink.ports import Bus, Cache, Store
 from fieldlink.services.ingest import Ingestor
 from fieldlink.services.views import DeviceViews
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from fieldlink.backends.redis import RedisBus, RedisCache
 
 log = logging.getLogger("fieldlink")
 
@@ -72,8 +75,18 @@ class Runtime:
         self.settings = settings
         self.scheme = TopicScheme(settings.topic_prefix, load_routes(settings.routes_file))
         self.store = store_from_url(settings.resolved_database_url())
-        self.cache = MemoryCache(settings.cache_ttl_s)
-        self.bus = MemoryBus()
+        self.redis_bus: RedisBus | None = None
+        self.redis_cache: RedisCache | None = None
+        self.cache: Cache
+        self.bus: Bus
+        if settings.redis_url:
+            from fieldlink.backends.redis import RedisBus, RedisCache
+
+            self.redis_bus = self.bus = RedisBus(settings.redis_url)
+            self.redis_cache = self.cache = RedisCache(settings.redis_url, settings.cache_ttl_s)
+        else:
+            self.cache = MemoryCache(settings.cache_ttl_s)
+            self.bus = MemoryBus()
         self.status = StatusBook(int(settings.silence_timeout_s * 1000))
         self.ingestor = Ingestor(
             store=self.store,
@@ -92,6 +105,15 @@ class Runtime:
             clock_ms=now_ms,
         )
         self.bus.subscribe(self.hub.publish)
+        if self.redis_bus is not None and self.redis_cache is not None:
+            self.redis_bus.subscribe_remote(self.ingestor.apply_remote)
+            redis_cache = self.redis_cache
+
+            async def rebuild_cache() -> None:
+                rebuilt = await redis_cache.rebuild(now_ms())
+                log.warning("redis is back: cache rebuilt with %d devices", rebuilt)
+
+            self.redis_bus.on_reconnect.append(rebuild_cache)
         self.gateway_settings = GatewaySettings(
             path=settings.ws_path,
             max_message_bytes=settings.limits.max_payload_bytes,
@@ -112,8 +134,14 @@ class Runtime:
             self.mqtt_url = self.broker.url
         await self.store.start()
         await self.ingestor.load()
+        if self.redis_bus is not None:
+            await self.redis_bus.start()  # subscribed before any ingest: no first message lost
         self.mqtt = MqttIngest(
-            self.mqtt_url, self.ingestor, self.scheme, client_id=self.mqtt_client_id()
+            self.mqtt_url,
+            self.ingestor,
+            self.scheme,
+            client_id=self.mqtt_client_id(),
+            shared_group=s.mqtt_shared_group,
         )
         await self.mqtt.start()
         self._tasks.append(asyncio.create_task(self._sweep_status()))
@@ -141,17 +169,28 @@ class Runtime:
         if self.mqtt is not None:
             await self.mqtt.stop()
         self.hub.flush()
-        await self.ingestor.settled()
+        try:
+            await asyncio.wait_for(self.ingestor.settled(), self.settings.stop_timeout_s)
+        except TimeoutError:
+            # The store is down: these stay unacknowledged at the broker (MQTT) and are sent
+            # again to the next instance that resumes the session.
+            log.warning(
+                "stopping with %d records not stored (the store is unavailable)",
+                self.ingestor.counters.pending,
+            )
         await self.store.close()
         await self.bus.close()
+        if self.redis_cache is not None:
+            await self.redis_cache.close()
         if self.broker is not None:
             await self.broker.stop()
 
     def health(self) -> dict[str, Any]:
+        bus_ok = self.redis_bus is None or self.redis_bus.connected
         checks = {
-            "store": "ok",
+            "store": "down" if self.ingestor.store_down else "ok",
             "broker": "ok" if self.mqtt is not None and self.mqtt.connected.is_set() else "down",
-            "bus": "ok",
+            "bus": "ok" if bus_ok else "down",
         }
         status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
         return {"status": status, "checks": checks}

@@ -97,6 +97,13 @@ class MemoryCache:
             return  # an older record arriving late must not replace a newer latest state
         self._latest[record.device_id] = (record, now_ms + self.ttl_ms)
 
+    def remember(self, record: Record, now_ms: int) -> None:
+        """Same as set_latest (an event from another instance)."""
+        self.set_latest(record, now_ms)
+
+    def entries(self, now_ms: int) -> list[Record]:
+        return [record for record, expires in self._latest.values() if expires > now_ms]
+
     def get_latest(self, device_id: str, now_ms: int) -> Record | None:
         entry = self._latest.get(device_id)
         if entry is None:

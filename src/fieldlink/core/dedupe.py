@@ -32,3 +32,8 @@ class DedupeWindow:
         if len(self._order) > self.capacity:
             self._seen.discard(self._order.popleft())
         return True
+
+    def forget(self, device_id: str, seq: int) -> None:
+        """Drop a pair whose record was not stored, so its redelivery is accepted. (Its slot in
+        the eviction order stays; evicting it later is harmless.)"""
+        self._seen.discard((device_id, seq))

@@ -85,6 +85,23 @@ class StatusBook:
             return None
         return self._set(device_id, "online", now_ms, "telemetry")
 
+    def apply(self, change: StatusChange) -> None:
+        """Adopt a change another instance decided (no new change results)."""
+        entry = self._entries.get(change.device_id)
+        if entry is None:
+            self._entries[change.device_id] = _Entry(change.status, change.ts_ms, change.ts_ms)
+            return
+        entry.status = change.status
+        entry.since_ms = change.ts_ms
+        if change.status == "online":
+            entry.last_seen_ms = max(entry.last_seen_ms, change.ts_ms)
+
+    def seen(self, device_id: str, now_ms: int) -> None:
+        """Another instance received telemetry: refresh last-seen, change nothing else."""
+        entry = self._entries.get(device_id)
+        if entry is not None and now_ms > entry.last_seen_ms:
+            entry.last_seen_ms = now_ms
+
     def sweep(self, now_ms: int) -> list[StatusChange]:
         """Mark devices silent for longer than the timeout as offline."""
         if self.silence_timeout_ms <= 0:

@@ -1,21 +1,35 @@
 """The hub's MQTT client: subscribes to the ingest filters and feeds every message to the one
-ingest path. Reconnects by itself (gmqtt) and resubscribes on every connect."""
+ingest path. Reconnects by itself (gmqtt) and resubscribes on every connect.
+
+Acknowledge after store. A QoS 1 telemetry message is acknowledged (PUBACK) only once the
+store has committed it; until then the broker keeps it in this client's persistent session and
+sends it again after a reconnect, so a hub crash or a database outage loses nothing the broker
+accepted. Messages that carry nothing to store (rejected input, status) are acknowledged at
+once. gmqtt acknowledges before its ``on_message`` callback unless it is given a coroutine per
+message; to keep the hot path free of a task per message we replace its QoS 1 packet handler
+(one method of gmqtt 0.8, pinned in pyproject.toml) and acknowledge a whole store batch from
+one callback. ``tests/integration/test_faults.py`` fails if a future gmqtt breaks this.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 from gmqtt import Client
-from gmqtt.mqtt.constants import MQTTv311
+from gmqtt.mqtt.constants import MQTTv50
 
 from fieldlink.core.topics import TopicScheme
 from fieldlink.services.ingest import Ingestor
 
 log = logging.getLogger("fieldlink.mqtt")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+RECEIVE_MAXIMUM = 10_000
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
@@ -39,6 +53,7 @@ class MqttIngest:
         ingestor: Ingestor,
         scheme: TopicScheme,
         client_id: str | None = None,
+        shared_group: str | None = None,
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
         self.ingestor = ingestor
@@ -47,18 +62,39 @@ class MqttIngest:
         self.client = Client(
             client_id or f"fieldlink-{secrets.token_hex(4)}",
             clean_session=False,
+            # MQTT v5 ends a session on disconnect unless it has an expiry interval.
+            session_expiry_interval=SESSION_EXPIRY_S,
+            # Unacknowledged messages the broker may have in flight to us: bounds what waits
+            # in memory for a commit (the ingestor's buffer is larger, so it never overflows).
+            receive_maximum=RECEIVE_MAXIMUM,
         )
+        handler = self.client._package_handler
+        if not hasattr(handler, "_handle_qos_1_publish_packet") or not hasattr(
+            handler, "_send_puback"
+        ):
+            raise RuntimeError("this gmqtt version lacks the QoS 1 hook fieldlink relies on")
+        self._send_puback = handler._send_puback
+        handler._handle_qos_1_publish_packet = self._on_qos1_publish
+        self._ack_future: asyncio.Future[Any] | None = None
+        self._ack_mids: list[int] = []
+        self._generation = 0  # connection count: acks never cross a reconnect
+        self.acked = 0
+        self.unacked_failed = 0
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
         self.client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
         self.connects = 0
         self.stopping = False
+        # With several instances each message must be handled once: a shared subscription
+        # makes the broker hand every message to one member of the group.
+        prefix = f"$share/{shared_group}/" if shared_group else ""
+        self.filters = [prefix + f for f in scheme.ingest_filters()]
 
     async def start(self) -> None:
         # MQTT 3.1.1: no per-packet v5 property parsing (about 5% of the ingest loop); shared
         # subscriptions and persistent sessions work with 3.1.1 clients on mosquitto and EMQX.
-        await self.client.connect(self.host, self.port, keepalive=30, version=MQTTv311)
+        await self.client.connect(self.host, self.port, keepalive=30, version=MQTTv50)
         await asyncio.wait_for(self.connected.wait(), 10)
 
     async def stop(self) -> None:
@@ -70,14 +106,16 @@ class MqttIngest:
 
     def _on_connect(self, client: Client, flags: Any, rc: Any, properties: Any) -> None:
         self.connects += 1
-        for topic_filter in self.scheme.ingest_filters():
+        self._generation += 1
+        self._ack_future = None
+        for topic_filter in self.filters:
             client.subscribe(topic_filter, qos=1)
         self.connected.set()
         log.info(
             "mqtt connected to %s:%d, subscribed to %s",
             self.host,
             self.port,
-            ", ".join(self.scheme.ingest_filters()),
+            ", ".join(self.filters),
         )
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
@@ -87,12 +125,43 @@ class MqttIngest:
         else:
             log.warning("mqtt disconnected from %s:%d; reconnecting", self.host, self.port)
 
-    def _on_message(
-        self, client: Client, topic: Any, payload: bytes, qos: int, properties: Any
-    ) -> int:
+    def _ingest(self, topic: Any, payload: bytes) -> asyncio.Future[Any] | None:
         if not isinstance(topic, str):  # gmqtt hands over undecodable topics as bytes
             self.ingestor.counters.received += 1
             self.ingestor.counters.reject("invalid_topic")
-            return 0
-        self.ingestor.ingest_mqtt(topic, payload)
+            return None
+        return self.ingestor.ingest_mqtt(topic, payload)
+
+    def _on_message(
+        self, client: Client, topic: Any, payload: bytes, qos: int, properties: Any
+    ) -> int:
+        """QoS 0 (and QoS 2) messages: nothing to acknowledge after the store."""
+        self._ingest(topic, payload)
         return 0
+
+    def _on_qos1_publish(self, mid: int, payload: bytes, topic: Any, properties: Any) -> None:
+        """Replaces gmqtt's QoS 1 handler: ingest, then PUBACK when the batch is committed."""
+        future = self._ingest(topic, payload)
+        if future is None:  # rejected, a status message, or nothing to store: done now
+            self._send_puback(mid)
+            self.acked += 1
+            return
+        if future is not self._ack_future:  # the first message of a new store batch
+            self._ack_future = future
+            self._ack_mids = []
+            future.add_done_callback(partial(self._batch_done, self._ack_mids, self._generation))
+        self._ack_mids.append(mid)
+
+    def _batch_done(self, mids: list[int], generation: int, future: asyncio.Future[Any]) -> None:
+        if future is self._ack_future:
+            self._ack_future = None
+        if future.cancelled() or future.exception() is not None:
+            # Not stored (buffer full): no PUBACK, so the broker sends it again after the next
+            # reconnect of this session.
+            self.unacked_failed += len(mids)
+            return
+        if generation != self._generation or not self.connected.is_set():
+            return  # that connection is gone: the broker re-sends these on the new one
+        for mid in mids:
+            self._send_puback(mid)
+        self.acked += len(mids)

@@ -6,12 +6,21 @@ as exactly one of ``stored``, ``rejected`` (by reason; a duplicate ``(device, se
 rejected with reason ``duplicate``) or ``dropped`` (the store failed or its buffer was full).
 While writes are in flight they are ``pending``; ``received == stored + rejected + dropped +
 pending`` holds at every instant.
+
+Store outages (SPEC §5, issue 3): an MQTT batch whose write fails is kept in a bounded retry
+buffer (``max_pending_records``, shared with in-flight writes) and written again with capped
+backoff; its future resolves only when it is committed, so the listener acknowledges QoS 1
+only then. While the buffer holds anything the store counts as down: HTTP requests are refused
+at once with ``DependencyDown`` (503 + Retry-After) and nothing of them is kept. A record that
+does not fit is dropped (``buffer_full``), left unacknowledged and forgotten by the dedupe
+window, so the broker's redelivery is accepted later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +53,8 @@ class IngestCounters:
     pending: int = 0
     status_messages: int = 0
     status_rejected: int = 0
+    http_refused: int = 0  # HTTP requests answered 503 because the store was down
+    store_retries: int = 0  # retry rounds of buffered batches
 
     def reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + n
@@ -105,6 +116,11 @@ class Ingestor:
         self._settled.set()
         self._batch: list[Record] = []
         self._batch_future: asyncio.Future[WriteResult] | None = None
+        # Batches whose write failed, oldest first, waiting for the store to come back.
+        self._retry: deque[tuple[list[Record], asyncio.Future[WriteResult]]] = deque()
+        self._retry_task: asyncio.Task[None] | None = None
+        self.retry_backoff_s = (0.1, 2.0)
+        self.store_down = False
 
     async def load(self) -> None:
         """Load the device registry from the store (call once at start)."""
@@ -165,6 +181,9 @@ class Ingestor:
         """Handle ``POST /api/telemetry`` (one record or a list). Returns once accepted records
         are committed; raises ``ValidationError`` for a body that holds no record at all and
         ``DependencyDown`` when the store cannot take them."""
+        if self.store_down:
+            self.counters.http_refused += 1
+            raise DependencyDown("the database is unavailable; retry later")
         try:
             obj = decode_json(body, self.limits)
         except ValidationError:
@@ -252,21 +271,29 @@ class Ingestor:
             Event("device", channels.for_device_event(device.id), orjson.dumps(data), device.id)
         )
 
-    def _full(self, n: int) -> asyncio.Future[WriteResult] | None:
-        """A failed future (and the records counted as dropped) if the buffer cannot take n."""
-        if self.counters.pending + n <= self.max_pending_records:
+    def _full(self, records: list[Record]) -> asyncio.Future[WriteResult] | None:
+        """A failed future (and the records counted as dropped and forgotten by the dedupe
+        window) if the buffer cannot take them."""
+        if self.counters.pending + len(records) <= self.max_pending_records:
             return None
-        self.counters.drop(BUFFER_FULL, n)
+        self.counters.drop(BUFFER_FULL, len(records))
+        self._forget(records)
         future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         future.set_exception(DependencyDown("the store's write buffer is full"))
         future.exception()  # mark retrieved: fire-and-forget callers never look
         return future
 
+    def _forget(self, records: list[Record]) -> None:
+        for record in records:
+            if record.seq is not None:
+                self._recent.forget(record.device_id, record.seq)
+
     def _enqueue(self, record: Record) -> asyncio.Future[WriteResult]:
         """Add an MQTT record to this loop tick's batch; one store write per tick. The returned
         future (shared by the batch) resolves when the batch is committed."""
-        refused = self._full(1)
-        if refused is not None:
+        if self.counters.pending >= self.max_pending_records:
+            refused = self._full([record])
+            assert refused is not None
             return refused
         self.counters.pending += 1
         self._settled.clear()
@@ -281,40 +308,109 @@ class Ingestor:
         batch, self._batch = self._batch, []
         waiter, self._batch_future = self._batch_future, None
         assert waiter is not None
-        self.store.write(batch).add_done_callback(lambda f: self._written(f, len(batch), waiter))
+        if self.store_down:  # keep the order: behind what already waits for the store
+            self._retry.append((batch, waiter))
+            return
+        self.store.write(batch).add_done_callback(lambda f: self._mqtt_written(f, batch, waiter))
 
     def _store(self, records: list[Record]) -> asyncio.Future[WriteResult]:
-        refused = self._full(len(records))
+        refused = self._full(records)
         if refused is not None:
             return refused
         self.counters.pending += len(records)
         self._settled.clear()
         waiter: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self.store.write(records).add_done_callback(
-            lambda f: self._written(f, len(records), waiter)
+            lambda f: self._http_written(f, records, waiter)
         )
         return waiter
 
-    def _written(
-        self, future: asyncio.Future[WriteResult], n: int, waiter: asyncio.Future[WriteResult]
+    @staticmethod
+    def _failed(future: asyncio.Future[WriteResult]) -> BaseException | None:
+        if future.cancelled():
+            return DependencyDown("store write cancelled")
+        return future.exception()
+
+    def _mqtt_written(
+        self,
+        future: asyncio.Future[WriteResult],
+        records: list[Record],
+        waiter: asyncio.Future[WriteResult],
     ) -> None:
+        error = self._failed(future)
+        if error is None:
+            self._committed(future.result(), len(records), waiter)
+            return
+        if not self.store_down:
+            log.warning("store write failed (%s); buffering MQTT records and retrying", error)
+        self.store_down = True
+        self._retry.append((records, waiter))
+        if self._retry_task is None:
+            self._retry_task = asyncio.get_running_loop().create_task(self._retry_writes())
+
+    def _http_written(
+        self,
+        future: asyncio.Future[WriteResult],
+        records: list[Record],
+        waiter: asyncio.Future[WriteResult],
+    ) -> None:
+        error = self._failed(future)
+        if error is None:
+            self._committed(future.result(), len(records), waiter)
+            return
+        # The HTTP client is told to retry (503), so nothing is kept: forget the records.
+        self.counters.pending -= len(records)
+        self.counters.drop(STORE_UNAVAILABLE, len(records))
+        self._forget(records)
+        log.warning("store write of %d HTTP records failed: %s", len(records), error)
+        if not waiter.done():
+            waiter.set_exception(error)
+        self._maybe_settled()
+
+    def _committed(self, result: WriteResult, n: int, waiter: asyncio.Future[WriteResult]) -> None:
         self.counters.pending -= n
-        if future.cancelled() or future.exception() is not None:
-            self.counters.drop(STORE_UNAVAILABLE, n)
-            error = None if future.cancelled() else future.exception()
-            log.warning("store write of %d records failed: %s", n, error)
-            if not waiter.done():
-                waiter.set_exception(error or DependencyDown("store write cancelled"))
-                waiter.exception()  # MQTT callers may not look; HTTP callers re-raise it
-        else:
-            result = future.result()
-            self.counters.stored += result.stored
-            if result.duplicates:
-                self.counters.reject(DUPLICATE, result.duplicates)
-            if not waiter.done():
-                waiter.set_result(result)
+        self.counters.stored += result.stored
+        if result.duplicates:
+            self.counters.reject(DUPLICATE, result.duplicates)
+        if not waiter.done():
+            waiter.set_result(result)
+        self._maybe_settled()
+
+    def _maybe_settled(self) -> None:
         if self.counters.pending == 0:
             self._settled.set()
+
+    async def _retry_writes(self) -> None:
+        """Write the buffered batches again, oldest first, with capped backoff, until none is
+        left. The store commits the ones submitted together in one transaction."""
+        delay, max_delay = self.retry_backoff_s
+        try:
+            while self._retry:
+                await asyncio.sleep(delay)
+                delay = min(max_delay, delay * 2)
+                self.counters.store_retries += 1
+                items = list(self._retry)
+                self._retry.clear()
+                futures = [self.store.write(records) for records, _ in items]
+                await asyncio.wait(futures)
+                failed = []
+                for (records, waiter), future in zip(items, futures, strict=True):
+                    if self._failed(future) is None:
+                        self._committed(future.result(), len(records), waiter)
+                    else:
+                        failed.append((records, waiter))
+                # Batches flushed meanwhile queued behind these: keep the order.
+                self._retry.extendleft(reversed(failed))
+                if not failed:
+                    delay = self.retry_backoff_s[0]
+            self.store_down = False
+            log.warning("store is back: buffered MQTT records are committed")
+        finally:
+            self._retry_task = None
+
+    def buffered(self) -> int:
+        """Records waiting in the retry buffer for the store to come back."""
+        return sum(len(records) for records, _ in self._retry)
 
     async def settled(self) -> None:
         """Wait until no write is in flight (tests and shutdown use it)."""
@@ -340,19 +436,52 @@ class Ingestor:
         if change is not None:
             self.publish_status(change)
 
-    def publish_status(self, change: StatusChange) -> None:
+    def publish_status(self, change: StatusChange, local_only: bool = False) -> None:
         self.bus.publish(
             Event(
                 "status",
                 channels.for_device_event(change.device_id),
                 orjson.dumps(change.to_event_data()),
                 change.device_id,
+                local_only,
             )
         )
 
     def sweep_status(self) -> int:
-        """Mark silent devices offline and publish each change. Returns how many changed."""
+        """Mark silent devices offline and publish each change. Returns how many changed.
+
+        Every instance sweeps its own (replicated) status table, so these events stay local."""
         changes = self.status.sweep(self.clock_ms())
         for change in changes:
-            self.publish_status(change)
+            self.publish_status(change, local_only=True)
         return len(changes)
+
+    # ---- other instances' events --------------------------------------------------------
+
+    def apply_remote(self, event: Event) -> None:
+        """Bring this instance's read models (registry, status, latest state) up to date with
+        an event another instance produced. Nothing is stored or re-published here: the
+        ingesting instance did both."""
+        try:
+            data = orjson.loads(event.data)
+            device_id = data["device_id"]
+            now_ms = self.clock_ms()
+            if event.type == "telemetry":
+                ts_ms = int(data.pop("ts"))
+                seq = data.pop("seq", None)
+                del data["device_id"]
+                device = self.devices.get(device_id)
+                kind = device.kind if device else "edge"
+                self.cache.remember(Record(device_id, ts_ms, data, seq, None, kind), now_ms)
+                self.status.seen(device_id, now_ms)
+                if device is None:
+                    self.devices[device_id] = Device(device_id, kind, {}, now_ms, now_ms)
+            elif event.type == "device":
+                known = self.devices.get(device_id)
+                created = known.created_ms if known else now_ms
+                self.devices[device_id] = Device(device_id, data["kind"], data["meta"], created)
+            elif event.type == "status":
+                change = StatusChange(device_id, data["status"], data["ts"], data["reason"])
+                self.status.apply(change)
+        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+            log.warning("ignored a malformed bus event of type %r: %s", event.type, exc)
