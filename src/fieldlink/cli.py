@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -55,41 +56,115 @@ def _simulator(settings: Settings):  # type: ignore[no-untyped-def]
     return run
 
 
+# Options shared by ``up`` and ``serve``. Each can also come from a FIELDLINK_* environment
+# variable or from the TOML file given with --config (key = option name with underscores).
+# Precedence: command line > environment > config file > default.
+def _opt(default: Any, help: str, env: str) -> Any:
+    return typer.Option(default, help=help, envvar=f"FIELDLINK_{env}")
+
+
+CONFIG_HELP = "TOML file with any of these options (keys with underscores: redis_url = ...)"
+
+
+def _from_config(ctx: typer.Context, params: dict[str, object]) -> dict[str, object]:
+    """Fill options the user left at their default from the --config TOML file."""
+    path = params.get("config")
+    if path is None:
+        return params
+    import tomllib
+
+    try:
+        with open(str(path), "rb") as fh:
+            config = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        typer.echo(f"error: cannot read config file {path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    unknown = sorted(set(config) - set(params))
+    if unknown:
+        typer.echo(f"error: unknown keys in {path}: {', '.join(unknown)}", err=True)
+        raise typer.Exit(2)
+    merged = dict(params)
+    for key, value in config.items():
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            merged[key] = value
+    return merged
+
+
+def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
+    def path(v: object) -> Path | None:
+        return None if v is None else Path(str(v))
+
+    return Settings(
+        http_host=str(p["host"]),
+        http_port=http,
+        mqtt_url=p["mqtt_url"],  # type: ignore[arg-type]
+        mqtt_port=mqtt,
+        data_dir=Path(str(p["data_dir"])),
+        database_url=p["database_url"],  # type: ignore[arg-type]
+        redis_url=p["redis_url"],  # type: ignore[arg-type]
+        mqtt_shared_group=p["mqtt_shared_group"],  # type: ignore[arg-type]
+        mqtt_client_id=p["mqtt_client_id"],  # type: ignore[arg-type]
+        routes_file=path(p["routes"]),
+        simulate=int(p.get("simulate", 0)),  # type: ignore[call-overload]
+        simulate_interval_s=float(p.get("interval", 5.0)),  # type: ignore[arg-type]
+        simulate_seed=int(p.get("seed", 1)),  # type: ignore[call-overload]
+        silence_timeout_s=float(p["silence_timeout"]),  # type: ignore[arg-type]
+        cache_ttl_s=float(p["cache_ttl"]),  # type: ignore[arg-type]
+        log_level=str(p["log_level"]),
+    )
+
+
 @app.command()
 def up(
-    http_port: str = typer.Option(
-        "8000", help="HTTP/WebSocket port, or 'auto' (8000 if free, else any free port)"
+    ctx: typer.Context,
+    http_port: str = _opt(
+        "8000", "HTTP/WebSocket port, or 'auto' (8000 if free, else any free port)", "HTTP_PORT"
     ),
-    mqtt_port: str = typer.Option(
-        "1883", help="embedded broker port, or 'auto' (1883 if free, else any free port)"
+    mqtt_port: str = _opt(
+        "1883", "embedded broker port, or 'auto' (1883 if free, else any free port)", "MQTT_PORT"
     ),
-    mqtt_url: str | None = typer.Option(
-        None, help="use this broker (mqtt://HOST:PORT) instead of the embedded one"
+    mqtt_url: str | None = _opt(
+        None, "use this broker (mqtt://HOST:PORT) instead of the embedded one", "MQTT_URL"
     ),
-    data_dir: Path = typer.Option(Path("data"), help="where history and broker state live"),
-    database_url: str | None = typer.Option(
-        None, help="sqlite:///PATH (default: DATA_DIR/fieldlink.db)"
+    data_dir: Path = _opt(Path("data"), "where history and broker state live", "DATA_DIR"),
+    database_url: str | None = _opt(
+        None,
+        "sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB (default: DATA_DIR/fieldlink.db)",
+        "DATABASE_URL",
     ),
-    routes: Path | None = typer.Option(None, help="TOML file with custom ingest routes"),
-    simulate: int = typer.Option(0, help="also run N simulated devices"),
-    interval: float = typer.Option(5.0, help="simulated devices report every INTERVAL seconds"),
-    seed: int = typer.Option(1, help="simulator seed"),
-    silence_timeout: float = typer.Option(
-        60.0, help="seconds of silence before a device counts as offline"
+    redis_url: str | None = _opt(
+        None, "redis://HOST:PORT/DB for the bus and cache of several instances", "REDIS_URL"
     ),
-    host: str = typer.Option("127.0.0.1", help="HTTP bind address"),
-    log_level: str = typer.Option("warning"),
+    mqtt_shared_group: str | None = _opt(
+        None, "consume telemetry through $share/GROUP/... (several instances)", "MQTT_SHARED_GROUP"
+    ),
+    mqtt_client_id: str | None = _opt(
+        None, "MQTT client id (default: derived from DATA_DIR)", "MQTT_CLIENT_ID"
+    ),
+    routes: Path | None = _opt(None, "TOML file with custom ingest routes", "ROUTES"),
+    simulate: int = _opt(0, "also run N simulated devices", "SIMULATE"),
+    interval: float = _opt(5.0, "simulated devices report every INTERVAL seconds", "INTERVAL"),
+    seed: int = _opt(1, "simulator seed", "SEED"),
+    silence_timeout: float = _opt(
+        60.0, "seconds of silence before a device counts as offline", "SILENCE_TIMEOUT"
+    ),
+    cache_ttl: float = _opt(300.0, "seconds the latest state is kept per device", "CACHE_TTL"),
+    host: str = _opt("127.0.0.1", "HTTP bind address", "HOST"),
+    log_level: str = _opt("warning", "debug, info, warning or error", "LOG_LEVEL"),
+    config: Path | None = _opt(None, CONFIG_HELP, "CONFIG"),
 ) -> None:
     """Everything embedded: broker, history, live gateway, REST, dashboard (+ simulated devices)."""
     from fieldlink.app.server import serve
 
-    _logging(log_level)
+    p = _from_config(ctx, dict(locals()))
+    _logging(str(p["log_level"]))
     try:
-        http = resolve_port(http_port, 8000, "--http-port", "stop what holds it")
+        http = resolve_port(str(p["http_port"]), 8000, "--http-port", "stop what holds it")
         mqtt = 0
-        if mqtt_url is None:
+        if p["mqtt_url"] is None:
             mqtt = resolve_port(
-                mqtt_port,
+                str(p["mqtt_port"]),
                 1883,
                 "--mqtt-port",
                 "use the broker that holds it with --mqtt-url mqtt://127.0.0.1:PORT",
@@ -97,54 +172,56 @@ def up(
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if http_port == "auto" and http != 8000:
+    if p["http_port"] == "auto" and http != 8000:
         typer.echo(f"note: port 8000 is in use; HTTP/WebSocket use port {http}", err=True)
-    if mqtt_url is None and mqtt_port == "auto" and mqtt != 1883:
+    if p["mqtt_url"] is None and p["mqtt_port"] == "auto" and mqtt != 1883:
         typer.echo(f"note: port 1883 is in use; the embedded broker uses port {mqtt}", err=True)
-    settings = Settings(
-        http_host=host,
-        http_port=http,
-        mqtt_url=mqtt_url,
-        mqtt_port=mqtt,
-        data_dir=data_dir,
-        database_url=database_url,
-        routes_file=routes,
-        simulate=simulate,
-        simulate_interval_s=interval,
-        simulate_seed=seed,
-        silence_timeout_s=silence_timeout,
-        log_level=log_level,
-    )
+    settings = _settings(p, http, mqtt)
     _run(serve(settings, _simulator(settings)))
 
 
 @app.command()
 def serve(
-    mqtt_url: str = typer.Option(..., help="the external broker, mqtt://HOST:PORT"),
-    http_port: str = typer.Option("8000", help="HTTP/WebSocket port, or 'auto'"),
-    data_dir: Path = typer.Option(Path("data")),
-    database_url: str | None = typer.Option(None),
-    routes: Path | None = typer.Option(None),
-    silence_timeout: float = typer.Option(60.0),
-    host: str = typer.Option("127.0.0.1"),
-    log_level: str = typer.Option("warning"),
+    ctx: typer.Context,
+    mqtt_url: str | None = _opt(None, "the external broker, mqtt://HOST:PORT", "MQTT_URL"),
+    http_port: str = _opt("8000", "HTTP/WebSocket port, or 'auto'", "HTTP_PORT"),
+    data_dir: Path = _opt(Path("data"), "local state (client id derives from it)", "DATA_DIR"),
+    database_url: str | None = _opt(
+        None, "sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB", "DATABASE_URL"
+    ),
+    redis_url: str | None = _opt(
+        None, "redis://HOST:PORT/DB for the bus and cache of several instances", "REDIS_URL"
+    ),
+    mqtt_shared_group: str | None = _opt(
+        None, "consume telemetry through $share/GROUP/... (several instances)", "MQTT_SHARED_GROUP"
+    ),
+    mqtt_client_id: str | None = _opt(
+        None, "MQTT client id (default: derived from DATA_DIR)", "MQTT_CLIENT_ID"
+    ),
+    routes: Path | None = _opt(None, "TOML file with custom ingest routes", "ROUTES"),
+    silence_timeout: float = _opt(
+        60.0, "seconds of silence before a device counts as offline", "SILENCE_TIMEOUT"
+    ),
+    cache_ttl: float = _opt(300.0, "seconds the latest state is kept per device", "CACHE_TTL"),
+    host: str = _opt("127.0.0.1", "HTTP bind address", "HOST"),
+    log_level: str = _opt("warning", "debug, info, warning or error", "LOG_LEVEL"),
+    config: Path | None = _opt(None, CONFIG_HELP, "CONFIG"),
 ) -> None:
-    """Run the hub against an external MQTT broker (no embedded broker)."""
+    """Run the hub against an external MQTT broker (no embedded broker): production and
+    scale-out (docs/scale-out.md)."""
     from fieldlink.app.server import serve as serve_hub
 
-    _logging(log_level)
-    http = resolve_port(http_port, 8000, "--http-port", "stop what holds it")
-    settings = Settings(
-        http_host=host,
-        http_port=http,
-        mqtt_url=mqtt_url,
-        data_dir=data_dir,
-        database_url=database_url,
-        routes_file=routes,
-        silence_timeout_s=silence_timeout,
-        log_level=log_level,
-    )
-    _run(serve_hub(settings))
+    p = _from_config(ctx, dict(locals()))
+    if not p["mqtt_url"]:
+        typer.echo("error: serve needs --mqtt-url (or FIELDLINK_MQTT_URL / mqtt_url)", err=True)
+        raise typer.Exit(2)
+    _logging(str(p["log_level"]))
+    try:
+        http = resolve_port(str(p["http_port"]), 8000, "--http-port", "stop what holds it")
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _run(serve_hub(_settings(p, http, 0)))
 
 
 @app.command()
@@ -175,7 +252,9 @@ def simulate(
 
 @app.command()
 def migrate(
-    database_url: str = typer.Option(..., help="postgresql://USER@HOST:PORT/DB"),
+    database_url: str = typer.Option(
+        ..., help="postgresql://USER@HOST:PORT/DB", envvar="FIELDLINK_DATABASE_URL"
+    ),
 ) -> None:
     """Apply the missing numbered migrations to a PostgreSQL database (also done at start-up)."""
     from fieldlink.backends.postgres import migrate as run_migrations

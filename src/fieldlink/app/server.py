@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -74,6 +75,15 @@ def http_port_of(server: uvicorn.Server) -> int:
     raise RuntimeError("server has no socket")
 
 
+def redact_url(url: str) -> str:
+    """The URL without its password (for banners and logs)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def banner(runtime: Runtime, http_port: int) -> str:
     s = runtime.settings
     host = s.http_host
@@ -85,8 +95,12 @@ def banner(runtime: Runtime, http_port: int) -> str:
         f"  REST docs   http://{host}:{http_port}/docs",
         f"  MQTT        {runtime.mqtt_url}"
         + ("  (embedded mosquitto)" if runtime.broker else "  (external broker)"),
-        f"  history     {s.resolved_database_url()}",
+        f"  history     {redact_url(s.resolved_database_url())}",
+        "  bus/cache   "
+        + (f"{redact_url(s.redis_url)}  (Redis)" if s.redis_url else "in-process (one instance)"),
     ]
+    if s.mqtt_shared_group:
+        lines.append(f"  ingest      shared subscription $share/{s.mqtt_shared_group}/...")
     if s.simulate:
         lines.append(f"  simulator   {s.simulate} devices every {s.simulate_interval_s:g} s")
     lines.append("  stop with Ctrl-C")

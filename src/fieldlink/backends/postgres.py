@@ -27,6 +27,7 @@ log = logging.getLogger("fieldlink.postgres")
 
 MIGRATION_LOCK = 7_241_001  # pg_advisory_lock key: one migrator at a time
 _MAX_BATCH_ITEMS = 2000
+CONNECT_TIMEOUT_S = 5.0
 
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
@@ -99,11 +100,16 @@ class PostgresStore:
         self._writer: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._closing = False
+        self._devices_unsaved: list[Any] = []
         self.batches = 0
 
     async def start(self) -> None:
         await migrate(self.url)
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
+        # min_size=0: no background task that re-dials (and logs a traceback) while the
+        # database is away; read connections are opened on demand.
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT_S
+        )
         self._writer = asyncio.create_task(self._write_loop())
 
     async def close(self) -> None:
@@ -143,7 +149,7 @@ class PostgresStore:
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.url)
+            self._conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT_S)
             await self._conn.execute(_STAGE)
         return self._conn
 
@@ -156,11 +162,14 @@ class PostgresStore:
             groups: list[tuple[list[Record], asyncio.Future[WriteResult]]] = [
                 (p, f) for p, f in items if p is not None and f is not None
             ]
-            devices = [p for p, f in items if p is not None and f is None]
+            # Device rows of a failed commit go again with the next one (last write wins).
+            devices = self._devices_unsaved + [p for p, f in items if p is not None and f is None]
+            self._devices_unsaved = []
             try:
                 results = await self._commit(groups, devices)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 error = DependencyDown(f"PostgreSQL write failed: {exc}")
+                self._devices_unsaved = devices
                 for _, future in groups:
                     if not future.done():
                         future.set_exception(error)
@@ -210,20 +219,27 @@ class PostgresStore:
 
     # ---- reads --------------------------------------------------------------------------
 
-    def _reader(self) -> asyncpg.Pool:
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        """A read on the pool; an unreachable database is ``DependencyDown`` (HTTP 503)."""
         if self._pool is None:
             raise DependencyDown("the PostgreSQL store is not started")
-        return self._pool
+        try:
+            rows: list[Any] = await self._pool.fetch(sql, *args)
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+            raise DependencyDown(f"PostgreSQL is unavailable: {type(exc).__name__}") from exc
+        except asyncpg.CannotConnectNowError as exc:
+            raise DependencyDown("PostgreSQL is starting or stopping") from exc
+        return rows
 
     async def get_device(self, device_id: str) -> Device | None:
-        row = await self._reader().fetchrow(
+        rows = await self._fetch(
             "SELECT id, kind, meta::text, created_ms, last_seen_ms FROM devices WHERE id = $1",
             device_id,
         )
-        return _device(row) if row else None
+        return _device(rows[0]) if rows else None
 
     async def list_devices(self) -> list[Device]:
-        rows = await self._reader().fetch(
+        rows = await self._fetch(
             "SELECT id, kind, meta::text, created_ms, last_seen_ms FROM devices ORDER BY id"
         )
         return [_device(r) for r in rows]
@@ -232,7 +248,7 @@ class PostgresStore:
         self, device_id: str, start_ms: int, end_ms: int, limit: int, newest_first: bool = False
     ) -> list[Record]:
         order = "DESC" if newest_first else "ASC"
-        rows = await self._reader().fetch(
+        rows = await self._fetch(
             "SELECT device_id, ts, seq, data::text FROM telemetry WHERE device_id = $1 "
             f"AND ts >= $2 AND ts < $3 ORDER BY ts {order} LIMIT $4",
             device_id,
@@ -245,7 +261,7 @@ class PostgresStore:
     async def query_buckets(
         self, device_id: str, start_ms: int, end_ms: int, bucket_ms: int, agg: str
     ) -> list[dict[str, Any]]:
-        rows = await self._reader().fetch(
+        rows = await self._fetch(
             f"SELECT (t.ts / $1) * $1 AS bucket, kv.key, {_AGG_SQL[agg]} AS value "
             "FROM telemetry AS t, jsonb_each(t.data) AS kv "
             "WHERE t.device_id = $2 AND t.ts >= $3 AND t.ts < $4 "

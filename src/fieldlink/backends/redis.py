@@ -98,16 +98,22 @@ class RedisBus:
                 if not self.connected:
                     self.dropped += len(batch)
                     continue
-                try:
-                    pipe = self.client.pipeline(transaction=False)
-                    for message in batch:
-                        pipe.publish(EVENTS_CHANNEL, message)
-                    await pipe.execute()
-                    self.published += len(batch)
-                except (RedisError, OSError) as exc:
-                    self.dropped += len(batch)
-                    self.connected = False
-                    log.warning("redis publish failed, %d events dropped: %s", len(batch), exc)
+                # One retry: after a Redis restart the pool's idle connections are dead, the
+                # next one is fresh. ``connected`` follows the subscriber only.
+                for attempt in (1, 2):
+                    try:
+                        pipe = self.client.pipeline(transaction=False)
+                        for message in batch:
+                            pipe.publish(EVENTS_CHANNEL, message)
+                        await pipe.execute()
+                        self.published += len(batch)
+                        break
+                    except (RedisError, OSError) as exc:
+                        if attempt == 2:
+                            self.dropped += len(batch)
+                            log.warning(
+                                "redis publish failed, %d events dropped: %s", len(batch), exc
+                            )
         finally:
             self._flushing = False
 
@@ -177,6 +183,7 @@ class RedisCache:
         self._pending: dict[str, bytes] = {}
         self._flushing = False
         self.write_errors = 0
+        self.failing = False
 
     @staticmethod
     def key(device_id: str) -> str:
@@ -208,9 +215,14 @@ class RedisCache:
                     for device_id, value in batch.items():
                         pipe.set(self.key(device_id), value, ex=max(1, int(self.ttl_s)))
                     await pipe.execute()
+                    if self.failing:
+                        self.failing = False
+                        log.warning("redis cache writes work again")
                 except (RedisError, OSError) as exc:
                     self.write_errors += 1
-                    log.warning("redis cache write failed (%d keys): %s", len(batch), exc)
+                    if not self.failing:  # once per outage, not once per write
+                        self.failing = True
+                        log.warning("redis cache writes fail (the local mirror serves): %s", exc)
         finally:
             self._flushing = False
 

@@ -1,0 +1,93 @@
+"""Three hub instances against one mosquitto, one Redis and one PostgreSQL (SPEC §2 shape 3):
+telemetry is consumed once through a shared subscription, stored exactly once, and reaches
+WebSocket clients on every instance."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+import redis.asyncio as aioredis
+
+from tests.support.clients import paho_client, ws_client
+from tests.support.jepsen import Stream, stored_rows, tally, wait_stored
+
+
+async def test_three_instances_store_once_and_fan_out_everywhere(  # type: ignore[no-untyped-def]
+    make_hub, mosquitto, redis_server, pg_url: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        hubs = [
+            await stack.enter_async_context(make_hub(
+                mqtt_url=mosquitto.url, database_url=pg_url, redis_url=redis_server.url,
+                mqtt_shared_group="hubs", data_dir=tmp_path / f"hub{i}"))
+            for i in (1, 2, 3)
+        ]
+        watcher = await stack.enter_async_context(ws_client(hubs[0].ws_url))
+        assert (await watcher.subscribe("all"))["type"] == "subscribed"
+
+        devices = [f"so-{i:02d}" for i in range(30)]
+        stream = Stream(mosquitto.port, devices)
+        for _ in range(300):
+            stream.publish_one()
+        await stream.stop()
+        acked = stream.acknowledged()
+        assert len(acked) == 300
+
+        # The WebSocket client on instance 1 sees every record, whichever instance took it.
+        seen: set[tuple[str, int]] = set()
+        while len(seen) < 300:
+            event = await watcher.recv_until(lambda m: m["type"] == "telemetry", timeout=10)
+            seen.add((event["data"]["device_id"], event["data"]["seq"]))
+        assert seen == acked
+
+        rows = await wait_stored(pg_url, acked)
+        count = tally(stream, rows)
+        print(f"three instances: {count}")
+        assert (count.lost, count.duplicated, count.stored) == (0, 0, 300)
+        stored_by = [hub.runtime.ingestor.counters.stored for hub in hubs]
+        assert sum(stored_by) == 300
+        assert all(n > 0 for n in stored_by), f"every instance takes a share: {stored_by}"
+
+        # Read models everywhere: instance 3's REST knows every device and its latest value.
+        async with httpx.AsyncClient(base_url=hubs[2].http_url) as http:
+            listed = (await http.get("/api/devices")).json()
+            assert {d["device_id"] for d in listed["devices"]} == set(devices)
+            last = max(seq for device, seq in acked if device == "so-07")
+            detail = (await http.get("/api/devices/so-07")).json()
+            assert detail["latest"]["seq"] == last and detail["status"] == "online"
+
+        # The shared cache: node:{id}:last_state with the TTL.
+        r = aioredis.from_url(redis_server.url)
+        try:
+            value = json.loads(await r.get("node:so-07:last_state"))
+            ttl = await r.ttl("node:so-07:last_state")
+        finally:
+            await r.aclose()
+        assert value["seq"] == last and 0 < ttl <= 300
+        for hub in hubs:
+            health = hub.runtime.health()
+            assert health["status"] == "ok", health
+
+
+async def test_first_event_after_start_is_not_lost(  # type: ignore[no-untyped-def]
+    make_hub, mosquitto, redis_server, tmp_path: Path
+) -> None:
+    """The bus subscription is confirmed before an instance ingests: an event produced the
+    moment a second instance is up reaches the first instance's clients."""
+    async with make_hub(mqtt_url=mosquitto.url, redis_url=redis_server.url,
+                        mqtt_shared_group="g", data_dir=tmp_path / "a") as a:
+        async with ws_client(a.ws_url) as ws:
+            await ws.subscribe("device:first")
+            async with make_hub(mqtt_url=mosquitto.url, redis_url=redis_server.url,
+                                data_dir=tmp_path / "b") as b:
+                async with httpx.AsyncClient(base_url=b.http_url) as http:
+                    answer = await http.post("/api/telemetry",
+                                             json={"device_id": "first", "seq": 1, "v": 1})
+                    assert answer.status_code == 200
+                event = await ws.recv_until(lambda m: m["type"] == "telemetry", timeout=5)
+                assert event["data"]["seq"] == 1
+                assert a.runtime.redis_bus is not None and a.runtime.redis_bus.received >= 1
