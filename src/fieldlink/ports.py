@@ -76,6 +76,14 @@ class Store(Protocol):
     async def latest(self, device_id: str) -> Record | None:
         """The newest stored record of the device (used to rebuild the cache)."""
 
+    async def query_fleet(
+        self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Every device's numeric metrics aggregated per bucket (``avg|sum|min|max|count``),
+        ``[{"ts": bucket_start, metric: value, ...}]`` in time order; only ``metrics`` when
+        given. Callers pass whole minutes (range and bucket): PostgreSQL answers from its
+        per-minute rollup. Values with magnitude >= 1e300 are left out."""
+
 
 class Cache(Protocol):
     """Latest state per device with a TTL. Never the source of truth: a miss is answered from

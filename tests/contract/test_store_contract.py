@@ -1,4 +1,4 @@
-"""One contract suite for every Store implementation (memory, SQLite; PostgreSQL later)."""
+"""One contract suite for every Store implementation: memory, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldlink.backends.aggregate import aggregate_records
+from fieldlink.backends.aggregate import aggregate_records, fleet_records
 from fieldlink.backends.memory import MemoryStore
 from fieldlink.backends.postgres import PostgresStore
 from fieldlink.backends.sqlite import SqliteStore
@@ -86,6 +86,32 @@ async def test_buckets_match_the_reference(store: Store, agg: str) -> None:
     assert got == aggregate_records(records, 60_000, agg)
     assert all("flag" not in row and "s" not in row for row in got)
     assert got[0]["ts"] == (T0 // 60_000) * 60_000
+
+
+def assert_rows(got: list[dict[str, object]], want: list[dict[str, object]]) -> None:
+    """Same buckets and metrics; values equal up to float summation order."""
+    assert [sorted(r) for r in got] == [sorted(r) for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g == {k: pytest.approx(v) for k, v in w.items()}
+
+
+@pytest.mark.parametrize("agg", ["avg", "sum", "min", "max", "count"])
+async def test_fleet_buckets_match_the_reference(store: Store, agg: str) -> None:
+    """Several devices, several writes (the rollup is folded per write), duplicates that must
+    not count, a huge value the rollup leaves out, a range in whole minutes."""
+    start = (T0 // 60_000) * 60_000
+    records = [Record(f"d{i % 4}", start + i * 5_000, {"p": float(i % 7), "q": i, "on": True},
+                      i) for i in range(120)]
+    for chunk in (records[:50], records[50:], records[10:20]):  # the last one is duplicates
+        await store.write(chunk)
+    await store.write([Record("d9", start + 1_000, {"p": 1e305}, 1)])
+    got = await store.query_fleet(start, start + 10 * 60_000, 120_000, agg)
+    reference = aggregate_records(fleet_records(records), 120_000, agg)
+    assert_rows(got, reference)
+    assert len(got) == 5 and all("on" not in row for row in got)
+    only_p = await store.query_fleet(start, start + 10 * 60_000, 60_000, agg, ("p",))
+    assert_rows(only_p, aggregate_records(fleet_records(records, ("p",)), 60_000, agg))
+    assert await store.query_fleet(start + 3_600_000, start + 7_200_000, 60_000, agg) == []
 
 
 async def test_sqlite_survives_reopen_and_refuses_writes_after_close(tmp_path: Path) -> None:

@@ -40,3 +40,23 @@ async def test_hub_on_postgres_stores_and_serves_history(make_hub, pg_url: str) 
     assert len(buckets) in (1, 2) and max(b["v"] for b in buckets) == 9.0
     assert device["status"] == "online"
     assert counters.stored == 6 and counters.rejected == {"duplicate": 2}
+
+
+async def test_fleet_chart_endpoint_on_postgres(make_hub, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    async with make_hub(database_url=pg_url) as hub:
+        now = hub.runtime.ingestor.clock_ms()
+        body = [{"device_id": f"fl{i % 3}", "seq": i, "ts": now - 120_000 + i * 1000,
+                 "power_kw": float(i), "soc": 50} for i in range(60)]
+        async with httpx.AsyncClient(base_url=hub.http_url) as http:
+            assert (await http.post("/api/telemetry", json=body)).status_code == 200
+            chart = await http.get("/api/fleet/telemetry",
+                                   params={"agg": "sum", "metric": "power_kw"})
+            bad_bucket = await http.get("/api/fleet/telemetry", params={"bucket": "30s"})
+            bad_agg = await http.get("/api/fleet/telemetry", params={"agg": "last"})
+    assert chart.status_code == 200
+    points = chart.json()["points"]
+    assert sum(p["power_kw"] for p in points) == sum(range(60))
+    assert all(set(p) == {"ts", "power_kw"} and p["ts"] % 60_000 == 0 for p in points)
+    assert chart.json()["end"] - chart.json()["start"] >= 86_400_000
+    assert bad_bucket.status_code == 422 and bad_bucket.json()["error"]["code"] == "invalid_bucket"
+    assert bad_agg.status_code == 422 and bad_agg.json()["error"]["code"] == "invalid_agg"

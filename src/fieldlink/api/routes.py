@@ -181,6 +181,29 @@ def create_app(runtime: Runtime) -> FastAPI:
             "points": [r.to_event_data() for r in records],
         }
 
+    @app.get("/api/fleet/telemetry", tags=["fleet"])
+    async def fleet_telemetry(
+        start: str | None = Query(None, description="epoch ms or ISO 8601; default end - 24 h"),
+        end: str | None = Query(None, description="epoch ms or ISO 8601; default now"),
+        bucket: str = Query("1m", description="whole minutes: 1m, 15m, 1h, 1d"),
+        agg: str = Query("avg", description="avg|sum|min|max|count"),
+        metric: list[str] = Query([], description="only these metrics (repeatable)"),
+    ) -> dict[str, Any]:
+        """Every device's numeric metrics per bucket (the fleet chart). The range is widened
+        to whole minutes."""
+        end_ms = parse_time(end, ingestor.clock_ms() + 1, "end")
+        start_ms = parse_time(start, end_ms - 86_400_000, "start")
+        bucket_ms = buckets.parse_bucket(bucket)
+        start_ms, end_ms = buckets.check_fleet_query(start_ms, end_ms, bucket_ms, agg)
+        rows = await runtime.store.query_fleet(start_ms, end_ms, bucket_ms, agg, tuple(metric))
+        return {
+            "start": start_ms,
+            "end": end_ms,
+            "bucket": bucket,
+            "agg": agg,
+            "points": rows,
+        }
+
     @app.get("/api/devices/{device_id}/telemetry/latest", tags=["devices"])
     async def device_latest(device_id: str) -> dict[str, Any]:
         known(device_id)

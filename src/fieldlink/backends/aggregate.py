@@ -30,7 +30,31 @@ def aggregate_records(records: Iterable[Record], bucket_ms: int, agg: str) -> li
                 row[key] = max(values)
             elif agg == "count":
                 row[key] = len(values)
+            elif agg == "sum":
+                row[key] = sum(values)
             else:  # last
                 row[key] = max(points, key=lambda p: p[0])[1]
         rows.append(row)
     return rows
+
+
+FLEET_AGGREGATES = ("avg", "sum", "min", "max", "count")
+FLEET_VALUE_LIMIT = 1e300  # larger magnitudes stay out of fleet rollups (no overflow)
+
+
+def fleet_records(records: Iterable[Record], metrics: Iterable[str] = ()) -> list[Record]:
+    """The records as the fleet rollup sees them: one pseudo-device, only the chosen metrics
+    (all when none are named), huge magnitudes left out."""
+    wanted = set(metrics)
+    out = []
+    for record in records:
+        kept = {
+            k: v
+            for k, v in record.metrics.items()
+            if (not wanted or k in wanted)
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and abs(v) < FLEET_VALUE_LIMIT
+        }
+        out.append(Record("", record.ts_ms, kept))
+    return out

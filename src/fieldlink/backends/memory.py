@@ -8,7 +8,7 @@ import bisect
 from collections.abc import Sequence
 from typing import Any
 
-from fieldlink.backends.aggregate import aggregate_records
+from fieldlink.backends.aggregate import aggregate_records, fleet_records
 from fieldlink.core.model import Device, Record
 from fieldlink.ports import Event, EventHandler, WriteResult
 
@@ -82,6 +82,12 @@ class MemoryStore:
     async def latest(self, device_id: str) -> Record | None:
         rows = self._records.get(device_id)
         return rows[-1] if rows else None
+
+    async def query_fleet(
+        self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        in_range = [r for d in self._records for r in self._slice(d, start_ms, end_ms)]
+        return aggregate_records(fleet_records(in_range, metrics), bucket_ms, agg)
 
 
 class MemoryCache:

@@ -34,12 +34,35 @@ CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
     ord int, grp int, device_id text, ts bigint, seq bigint, data jsonb
 ) ON COMMIT DELETE ROWS
 """
+# Move staged rows into telemetry (skipping duplicates) and fold the inserted ones into the
+# fleet rollup, in one statement. Rollup rows are upserted in (bucket, metric) order so two
+# instances committing at once lock them in the same order and cannot deadlock.
 _MOVE = """
-INSERT INTO telemetry (device_id, ts, seq, data)
-SELECT device_id, ts, seq, data FROM telemetry_stage ORDER BY ord
-ON CONFLICT (device_id, seq) WHERE seq IS NOT NULL DO NOTHING
-RETURNING device_id, seq
+WITH moved AS (
+    INSERT INTO telemetry (device_id, ts, seq, data)
+    SELECT device_id, ts, seq, data FROM telemetry_stage ORDER BY ord
+    ON CONFLICT (device_id, seq) WHERE seq IS NOT NULL DO NOTHING
+    RETURNING device_id, seq, ts, data
+), rolled AS (
+    INSERT INTO telemetry_fleet_1m AS f (bucket, metric, n, total, lo, hi)
+    SELECT (m.ts / 60000) * 60000, kv.key, count(*), sum((kv.value #>> '{}')::float8),
+           min((kv.value #>> '{}')::float8), max((kv.value #>> '{}')::float8)
+    FROM moved AS m, jsonb_each(m.data) AS kv
+    WHERE jsonb_typeof(kv.value) = 'number' AND abs((kv.value #>> '{}')::float8) < 1e300
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (bucket, metric) DO UPDATE SET n = f.n + excluded.n,
+        total = f.total + excluded.total, lo = least(f.lo, excluded.lo),
+        hi = greatest(f.hi, excluded.hi)
+)
+SELECT device_id, seq FROM moved
 """
+_FLEET_AGG_SQL = {
+    "avg": "sum(total) / sum(n)",
+    "sum": "sum(total)",
+    "min": "min(lo)",
+    "max": "max(hi)",
+    "count": "sum(n)",
+}
 _UPSERT_DEVICE = """
 INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, meta = excluded.meta,
@@ -271,16 +294,33 @@ class PostgresStore:
             start_ms,
             end_ms,
         )
-        out: list[dict[str, Any]] = []
-        for bucket, key, value in rows:
-            if not out or out[-1]["ts"] != bucket:
-                out.append({"ts": bucket})
-            out[-1][key] = int(value) if agg == "count" else float(value)
-        return out
+        return _bucket_rows(rows, agg)
 
     async def latest(self, device_id: str) -> Record | None:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
         return rows[0] if rows else None
+
+    async def query_fleet(
+        self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """From the per-minute rollup: the range and ``bucket_ms`` are whole minutes."""
+        where = "bucket >= $2 AND bucket < $3" + (" AND metric = ANY($4)" if metrics else "")
+        args: list[Any] = [bucket_ms, start_ms, end_ms] + ([list(metrics)] if metrics else [])
+        rows = await self._fetch(
+            f"SELECT (bucket / $1) * $1 AS b, metric, {_FLEET_AGG_SQL[agg]} "
+            f"FROM telemetry_fleet_1m WHERE {where} GROUP BY b, metric ORDER BY b",
+            *args,
+        )
+        return _bucket_rows(rows, agg)
+
+
+def _bucket_rows(rows: Sequence[Any], agg: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for bucket, key, value in rows:
+        if not out or out[-1]["ts"] != bucket:
+            out.append({"ts": bucket})
+        out[-1][key] = int(value) if agg == "count" else float(value)
+    return out
 
 
 def _device(row: Any) -> Device:

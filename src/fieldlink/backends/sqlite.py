@@ -56,6 +56,13 @@ _AGG_SQL = {
     "count": "count(j.value)",
     "last": "j.value",
 }
+_FLEET_AGG_SQL = {
+    "avg": "avg(j.value)",
+    "sum": "sum(j.value)",
+    "min": "min(j.value)",
+    "max": "max(j.value)",
+    "count": "count(j.value)",
+}
 _MAX_BATCH_ITEMS = 2000
 
 _STOP = object()
@@ -239,6 +246,25 @@ class SqliteStore:
     async def latest(self, device_id: str) -> Record | None:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
         return rows[0] if rows else None
+
+    async def query_fleet(
+        self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Straight from raw rows: SQLite serves one instance and modest fleets."""
+        only = f" AND j.key IN ({', '.join('?' * len(metrics))})" if metrics else ""
+        rows = await self._read(
+            f"SELECT (t.ts / ?) * ? AS bucket, j.key, {_FLEET_AGG_SQL[agg]} "
+            "FROM telemetry AS t, json_each(t.data) AS j "
+            "WHERE t.ts >= ? AND t.ts < ? AND j.type IN ('integer', 'real') "
+            f"AND abs(j.value) < 1e300{only} GROUP BY bucket, j.key ORDER BY bucket",
+            (bucket_ms, bucket_ms, start_ms, end_ms, *metrics),
+        )
+        out: list[dict[str, Any]] = []
+        for bucket, key, value in rows:
+            if not out or out[-1]["ts"] != bucket:
+                out.append({"ts": bucket})
+            out[-1][key] = float(value) if agg != "count" else value
+        return out
 
 
 def _device(row: tuple[Any, ...]) -> Device:

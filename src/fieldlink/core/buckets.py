@@ -40,3 +40,24 @@ def check_range(start_ms: int, end_ms: int, bucket_ms: int | None) -> None:
         raise ValidationError(
             "too_many_buckets", f"the range holds more than {MAX_BUCKETS} buckets", "bucket"
         )
+
+
+FLEET_AGGREGATES = ("avg", "sum", "min", "max", "count")
+MINUTE_MS = 60_000
+
+
+def check_fleet_query(start_ms: int, end_ms: int, bucket_ms: int, agg: str) -> tuple[int, int]:
+    """Validate a fleet query; returns the range widened to whole minutes (the rollup's
+    grain): start rounded down, end rounded up."""
+    if agg not in FLEET_AGGREGATES:
+        raise ValidationError(
+            "invalid_agg", f"agg must be one of {', '.join(FLEET_AGGREGATES)}", "agg"
+        )
+    if bucket_ms % MINUTE_MS:
+        raise ValidationError(
+            "invalid_bucket", "fleet buckets are whole minutes (1m, 15m, 1h, 1d)", "bucket"
+        )
+    start = (start_ms // MINUTE_MS) * MINUTE_MS
+    end = -((-end_ms) // MINUTE_MS) * MINUTE_MS
+    check_range(start, end, bucket_ms)
+    return start, end
