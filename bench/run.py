@@ -1,11 +1,15 @@
 """fieldlink benchmark: real MQTT in, real WebSocket clients out, on this machine.
 
-    python bench/run.py [a|b|c|selfcheck|all] [--quick]
+    python bench/run.py [a|b|c|selfcheck|fleet|all] [--quick] [--backend sqlite|pg|pg2]
 
-Starts its own mosquitto and `fieldlink serve` (SQLite in a temporary directory) on free
-ports, a client fleet (bench/wsclients.py) and a load generator (bench/loadgen.py) as separate
-processes, and reports end-to-end latency (publish -> client receive), deliveries/s, losses,
-and the hub's peak RSS. Results: a table on stdout and JSON in bench/results/.
+Starts its own mosquitto and `fieldlink serve` on free ports, a client fleet
+(bench/wsclients.py) and a load generator (bench/loadgen.py) as separate processes, and
+reports end-to-end latency (publish -> client receive), deliveries/s, losses, and the hubs'
+peak RSS. Backends: ``sqlite`` (one instance, SQLite in a temporary directory), ``pg`` (one
+instance on a private PostgreSQL with default durability + a private Redis), ``pg2`` (two
+instances sharing the ingest through $share and the bus through Redis; the client fleet is
+split between them). ``fleet`` times the 24-hour fleet chart query (bench/fleet_query.py).
+Results: a table on stdout and JSON in bench/results/.
 """
 
 from __future__ import annotations
@@ -50,12 +54,14 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 class Stack:
-    """mosquitto + hub, started fresh for each scenario."""
+    """mosquitto + hub(s) (+ PostgreSQL and Redis), started fresh for each scenario."""
+
+    backend = "sqlite"
 
     def __init__(self) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="fieldlink-bench-")
         d = Path(self.tmp.name)
-        self.mqtt_port, self.http_port = free_port(), free_port()
+        self.mqtt_port = free_port()
         conf = d / "mosquitto.conf"
         lines = [f"listener {self.mqtt_port} 127.0.0.1", "allow_anonymous true",
                  "max_queued_messages 1000000", "max_inflight_messages 0", "persistence false"]
@@ -66,47 +72,81 @@ class Stack:
         self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
         wait_port(self.mqtt_port)
-        self.hub = subprocess.Popen(
-            [PY, "-m", "fieldlink.cli", "serve", "--mqtt-url", f"mqtt://127.0.0.1:{self.mqtt_port}",
-             "--http-port", str(self.http_port), "--data-dir", str(d / "data")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-        wait_port(self.http_port)
+        self.pg: Any = None
+        self.redis: Any = None
+        extra: list[str] = []
+        instances = 1
+        if self.backend in ("pg", "pg2"):
+            sys.path.insert(0, str(ROOT))
+            from tests.support.servers import Postgres, Redis
+
+            self.pg = Postgres(durable=True)
+            self.pg.start()
+            self.redis = Redis(d / "redis")
+            self.redis.start()
+            extra = ["--database-url", self.pg.url, "--redis-url", self.redis.url]
+            if self.backend == "pg2":
+                instances = 2
+                extra += ["--mqtt-shared-group", "bench"]
+        self.http_ports = [free_port() for _ in range(instances)]
+        self.http_port = self.http_ports[0]
+        self.hubs = [
+            subprocess.Popen(
+                [PY, "-m", "fieldlink.cli", "serve", "--mqtt-url",
+                 f"mqtt://127.0.0.1:{self.mqtt_port}", "--http-port", str(port),
+                 "--data-dir", str(d / f"data{i}"), *extra],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+            for i, port in enumerate(self.http_ports)
+        ]
+        self.hub = self.hubs[0]
+        for port in self.http_ports:
+            wait_port(port, 60)
+        self.ws_ports = ",".join(str(p) for p in self.http_ports)
         self.rss_peak = 0
         self._sampling = True
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
     def _sample(self) -> None:
-        proc = psutil.Process(self.hub.pid)
+        procs = [psutil.Process(h.pid) for h in self.hubs]
         while self._sampling:
             try:
-                self.rss_peak = max(self.rss_peak, proc.memory_info().rss)
+                self.rss_peak = max(self.rss_peak, max(p.memory_info().rss for p in procs))
             except psutil.Error:
                 return
             time.sleep(0.2)
 
     def metrics(self) -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics").read().decode()
+        """Every instance's counters, summed."""
         out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("fieldlink_") and " " in line:
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
+        for port in self.http_ports:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            for line in text.splitlines():
+                if line.startswith("fieldlink_") and " " in line:
+                    name, value = line.rsplit(" ", 1)
+                    out[name] = out.get(name, 0.0) + float(value)
         return out
 
     def hub_cpu_s(self) -> float:
-        t = psutil.Process(self.hub.pid).cpu_times()
-        return t.user + t.system
+        total = 0.0
+        for hub in self.hubs:
+            t = psutil.Process(hub.pid).cpu_times()
+            total += t.user + t.system
+        return total
 
     def close(self) -> None:
         self._sampling = False
-        for proc in (self.hub, self.broker):
+        for proc in (*self.hubs, self.broker):
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.pg is not None:
+            self.pg.remove()
         self.tmp.cleanup()
 
 
@@ -114,7 +154,7 @@ class Clients:
     def __init__(self, stack: Stack, n: int, subscribe: str, latency_clients: int = 50) -> None:
         self.n = n
         self.proc = subprocess.Popen(
-            [PY, str(BENCH / "wsclients.py"), "--port", str(stack.http_port), "--clients", str(n),
+            [PY, str(BENCH / "wsclients.py"), "--port", stack.ws_ports, "--clients", str(n),
              "--subscribe", subscribe, "--latency-clients", str(latency_clients)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -307,6 +347,15 @@ def selfcheck(quick: bool) -> dict[str, Any]:
     return out
 
 
+def fleet_query(quick: bool) -> dict[str, Any]:
+    """The 24-hour fleet chart query (1,000 devices x 1 day of 5-second data) on PostgreSQL."""
+    args = ["--devices", "100"] if quick else []
+    out = subprocess.run([PY, str(BENCH / "fleet_query.py"), *args], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    sys.stdout.write(out.stderr)
+    return {"scenario": "fleet", **json.loads(out.stdout)}
+
+
 def summary_line(r: dict[str, Any]) -> str:
     return (f"sent {r['sent']:>7} deliveries/s {r['deliveries_per_s']:>9,} lost {r['lost']:>6} "
             f"p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms max {r['max_ms']:.1f} ms "
@@ -328,13 +377,19 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("which", nargs="?", default="all", choices=["a", "b", "c", "selfcheck", "all"])
+    p.add_argument("which", nargs="?", default="all",
+                   choices=["a", "b", "c", "selfcheck", "fleet", "all"])
     p.add_argument("--quick", action="store_true", help="short steps (smoke run)")
+    p.add_argument("--backend", default="sqlite", choices=["sqlite", "pg", "pg2"],
+                   help="sqlite: one instance; pg: PostgreSQL + Redis; pg2: two instances")
     a = p.parse_args()
-    runs = {"selfcheck": selfcheck, "a": scenario_a, "b": scenario_b, "c": scenario_c}
-    chosen = list(runs) if a.which == "all" else [a.which]
+    Stack.backend = a.backend
+    runs = {"selfcheck": selfcheck, "a": scenario_a, "b": scenario_b, "c": scenario_c,
+            "fleet": fleet_query}
+    chosen = [n for n in runs if n != "fleet"] if a.which == "all" else [a.which]
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "command": " ".join(sys.argv), "results": []}
+                               "command": " ".join(sys.argv), "backend": a.backend,
+                               "results": []}
     print(json.dumps(results["machine"]))
     for name in chosen:
         print(f"== {name}", flush=True)

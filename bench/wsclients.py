@@ -170,7 +170,8 @@ class Client(asyncio.Protocol):
 
 async def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", required=True,
+                   help="hub port, or several separated by commas (clients spread round-robin)")
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--subscribe", default="all", help="'all' or 'per-device:D'")
     p.add_argument("--device-prefix", default="dev")
@@ -178,6 +179,7 @@ async def main() -> None:
     p.add_argument("--latency-clients", type=int, default=50,
                    help="clients that parse every frame and measure latency")
     a = p.parse_args()
+    ports = [int(x) for x in str(a.port).split(",")]
     loop = asyncio.get_running_loop()
     all_ready = asyncio.Event()
     clients: list[Client] = []
@@ -189,7 +191,7 @@ async def main() -> None:
             channel = f"device:{a.device_prefix}-{i % devices:04d}"
         _, proto = await loop.create_connection(
             lambda ch=channel, m=i < a.latency_clients: Client(a.path, ch, all_ready, a.clients, m),
-            "127.0.0.1", a.port)
+            "127.0.0.1", ports[i % len(ports)])
         clients.append(proto)
     await asyncio.wait_for(all_ready.wait(), 60)
     print("READY", flush=True)

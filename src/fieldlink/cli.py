@@ -105,6 +105,7 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         redis_url=p["redis_url"],  # type: ignore[arg-type]
         mqtt_shared_group=p["mqtt_shared_group"],  # type: ignore[arg-type]
         mqtt_client_id=p["mqtt_client_id"],  # type: ignore[arg-type]
+        mqtt_session_expiry_s=int(p["mqtt_session_expiry"]),  # type: ignore[call-overload]
         routes_file=path(p["routes"]),
         simulate=int(p.get("simulate", 0)),  # type: ignore[call-overload]
         simulate_interval_s=float(p.get("interval", 5.0)),  # type: ignore[arg-type]
@@ -140,7 +141,12 @@ def up(
         None, "consume telemetry through $share/GROUP/... (several instances)", "MQTT_SHARED_GROUP"
     ),
     mqtt_client_id: str | None = _opt(
-        None, "MQTT client id (default: derived from DATA_DIR)", "MQTT_CLIENT_ID"
+        None, "MQTT client id (default: derived from host name and DATA_DIR)", "MQTT_CLIENT_ID"
+    ),
+    mqtt_session_expiry: int = _opt(
+        86400,
+        "seconds the broker keeps this instance's session while it is away",
+        "MQTT_SESSION_EXPIRY",
     ),
     routes: Path | None = _opt(None, "TOML file with custom ingest routes", "ROUTES"),
     simulate: int = _opt(0, "also run N simulated devices", "SIMULATE"),
@@ -196,7 +202,12 @@ def serve(
         None, "consume telemetry through $share/GROUP/... (several instances)", "MQTT_SHARED_GROUP"
     ),
     mqtt_client_id: str | None = _opt(
-        None, "MQTT client id (default: derived from DATA_DIR)", "MQTT_CLIENT_ID"
+        None, "MQTT client id (default: derived from host name and DATA_DIR)", "MQTT_CLIENT_ID"
+    ),
+    mqtt_session_expiry: int = _opt(
+        86400,
+        "seconds the broker keeps this instance's session while it is away",
+        "MQTT_SESSION_EXPIRY",
     ),
     routes: Path | None = _opt(None, "TOML file with custom ingest routes", "ROUTES"),
     silence_timeout: float = _opt(

@@ -155,3 +155,52 @@ def test_embedded_broker_dies_with_a_killed_hub(tmp_path: Path) -> None:
             break  # nothing listens any more: the broker went with the hub
         assert time.monotonic() < deadline, "the embedded broker outlived its hub"
         time.sleep(0.05)
+
+
+def test_configuration_from_toml_env_and_flags_in_that_order(mosquitto, redis_server,  # type: ignore[no-untyped-def]
+                                                             tmp_path: Path) -> None:
+    """Flag > FIELDLINK_* environment variable > --config TOML > default."""
+    toml_port, env_port = free_port(), free_port()
+    db = tmp_path / "from-env.db"
+    config = tmp_path / "fieldlink.toml"
+    config.write_text(
+        f'mqtt_url = "{mosquitto.url}"\n'
+        f"http_port = \"{toml_port}\"\n"
+        f'redis_url = "{redis_server.url}"\n'
+        'mqtt_shared_group = "from-toml"\n'
+        'database_url = "sqlite:///ignored-because-env-wins.db"\n'
+        'log_level = "error"\n'
+    )
+    env = {**os.environ, "FIELDLINK_HTTP_PORT": str(env_port),
+           "FIELDLINK_DATABASE_URL": f"sqlite:///{db}", "FIELDLINK_LOG_LEVEL": "error"}
+    process = subprocess.Popen(
+        [*FIELDLINK, "serve", "--config", str(config), "--data-dir", str(tmp_path / "d"),
+         "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        banner = read_banner(process)
+        assert f"http://127.0.0.1:{env_port}/" in banner  # env beats the file
+        assert f"sqlite:///{db}" in banner
+        assert f"{redis_server.url}  (Redis)" in banner  # from the file
+        assert "$share/from-toml/" in banner
+        health = httpx.get(f"http://127.0.0.1:{env_port}/health").json()
+        assert health == {"status": "ok", "checks": {"store": "ok", "broker": "ok", "bus": "ok"}}
+    finally:
+        assert stop(process) == 0
+    assert db.exists()
+
+
+def test_config_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('mqtt_url = "mqtt://127.0.0.1:1"\nredis_ulr = "redis://x"\n')
+    result = subprocess.run([*FIELDLINK, "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "unknown keys" in result.stderr and "redis_ulr" in result.stderr
+
+
+def test_password_in_a_database_url_is_not_printed(tmp_path: Path) -> None:
+    from fieldlink.app.server import redact_url
+
+    assert redact_url("postgresql://app:s3cret@db:5432/fl") == "postgresql://app:***@db:5432/fl"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

@@ -91,3 +91,23 @@ async def test_first_event_after_start_is_not_lost(  # type: ignore[no-untyped-d
                 event = await ws.recv_until(lambda m: m["type"] == "telemetry", timeout=5)
                 assert event["data"]["seq"] == 1
                 assert a.runtime.redis_bus is not None and a.runtime.redis_bus.received >= 1
+
+
+async def test_a_stopped_instance_leaves_the_group_so_its_share_is_not_parked(  # type: ignore[no-untyped-def]
+    make_hub, mosquitto, redis_server, pg_url: str, tmp_path: Path
+) -> None:
+    """mosquitto keeps routing a shared subscription's share to a member that is away; a hub
+    that stops cleanly unsubscribes first, so the remaining instance gets everything."""
+    common = dict(mqtt_url=mosquitto.url, database_url=pg_url, redis_url=redis_server.url,
+                  mqtt_shared_group="hubs")
+    async with make_hub(**common, data_dir=tmp_path / "a") as a:
+        async with make_hub(**common, data_dir=tmp_path / "b"):
+            pass  # b started, joined the group, and stopped cleanly
+        stream = Stream(mosquitto.port, ["left-1", "left-2"])
+        for _ in range(100):
+            stream.publish_one()
+        await stream.stop()
+        rows = await wait_stored(pg_url, stream.acknowledged(), timeout_s=10)
+        count = tally(stream, rows)
+        assert (count.acknowledged, count.lost, count.duplicated) == (100, 0, 0)
+        assert a.runtime.ingestor.counters.stored == 100

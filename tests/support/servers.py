@@ -84,9 +84,12 @@ class Postgres:
     free port. As root it runs as the ``postgres`` system user, which initdb requires, in a
     directory that user owns (pytest's tmp dirs are private to root)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        """``durable``: PostgreSQL's default fsync/commit settings (benchmarks); the test
+        default trades crash safety for speed."""
         import tempfile
 
+        self.durable = durable
         self.workdir = Path(tempfile.mkdtemp(prefix="fieldlink-pg-"))
         self.datadir = self.workdir / "pgdata"
         self.port = free_port()
@@ -105,8 +108,10 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
-                f"-c synchronous_commit=off -c full_page_writes=off -k {self.workdir}")
+        fast = "" if self.durable else ("-c fsync=off -c synchronous_commit=off "
+                                        "-c full_page_writes=off ")
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 {fast}"
+                f"-c shared_buffers=256MB -k {self.workdir}")
         subprocess.run([*self.as_user, _pg_bin("pg_ctl"), "-D", str(self.datadir), "-o", opts,
                         "-l", str(self.workdir / "pg.log"), "-w", "start"],
                        check=True, capture_output=True)

@@ -18,6 +18,7 @@ class Settings:
     database_url: str | None = None  # None: sqlite:///<data_dir>/fieldlink.db
     mqtt_client_id: str | None = None  # None: derived from data_dir (stable across restarts)
     mqtt_shared_group: str | None = None  # set with several instances: $share/<group>/...
+    mqtt_session_expiry_s: int = 24 * 3600  # how long the broker keeps our session
     redis_url: str | None = None  # None: in-process bus and cache (single instance)
     topic_prefix: str = "edge"
     routes_file: Path | None = None

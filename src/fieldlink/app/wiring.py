@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import socket
 import time
 import tomllib
 from pathlib import Path
@@ -142,6 +143,7 @@ class Runtime:
             self.scheme,
             client_id=self.mqtt_client_id(),
             shared_group=s.mqtt_shared_group,
+            session_expiry_s=s.mqtt_session_expiry_s,
         )
         await self.mqtt.start()
         self._tasks.append(asyncio.create_task(self._sweep_status()))
@@ -149,11 +151,13 @@ class Runtime:
         self._tasks.append(asyncio.create_task(sweep_slow(self.hub)))
 
     def mqtt_client_id(self) -> str:
-        """Stable across restarts of the same hub (same data directory), so the broker keeps
-        its session and queued messages; different for hubs with different data."""
+        """Stable across restarts of the same hub (same host and data directory), so the broker
+        keeps its session and queued messages; different for hubs on other hosts or with other
+        data (containers with the same /data path differ by hostname)."""
         if self.settings.mqtt_client_id:
             return self.settings.mqtt_client_id
-        digest = hashlib.sha256(str(self.settings.data_dir.resolve()).encode()).hexdigest()
+        identity = f"{socket.gethostname()}:{self.settings.data_dir.resolve()}"
+        digest = hashlib.sha256(identity.encode()).hexdigest()
         return f"fieldlink-{digest[:12]}"
 
     async def _sweep_status(self) -> None:

@@ -28,7 +28,10 @@ from fieldlink.services.ingest import Ingestor
 
 log = logging.getLogger("fieldlink.mqtt")
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
+# How long the broker keeps this instance's session (and queues its messages) while it is
+# away. mosquitto keeps routing a shared subscription's share to a member that crashed, so this
+# also bounds how long a crashed instance that never returns holds its share (docs/scale-out.md).
+SESSION_EXPIRY_S = 24 * 3600
 RECEIVE_MAXIMUM = 10_000
 
 
@@ -54,6 +57,7 @@ class MqttIngest:
         scheme: TopicScheme,
         client_id: str | None = None,
         shared_group: str | None = None,
+        session_expiry_s: int = SESSION_EXPIRY_S,
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
         self.ingestor = ingestor
@@ -63,7 +67,7 @@ class MqttIngest:
             client_id or f"fieldlink-{secrets.token_hex(4)}",
             clean_session=False,
             # MQTT v5 ends a session on disconnect unless it has an expiry interval.
-            session_expiry_interval=SESSION_EXPIRY_S,
+            session_expiry_interval=session_expiry_s,
             # Unacknowledged messages the broker may have in flight to us: bounds what waits
             # in memory for a commit (the ingestor's buffer is larger, so it never overflows).
             receive_maximum=RECEIVE_MAXIMUM,
@@ -88,6 +92,7 @@ class MqttIngest:
         self.stopping = False
         # With several instances each message must be handled once: a shared subscription
         # makes the broker hand every message to one member of the group.
+        self.shared = bool(shared_group)
         prefix = f"$share/{shared_group}/" if shared_group else ""
         self.filters = [prefix + f for f in scheme.ingest_filters()]
 
@@ -97,7 +102,17 @@ class MqttIngest:
         await self.client.connect(self.host, self.port, keepalive=30, version=MQTTv50)
         await asyncio.wait_for(self.connected.wait(), 10)
 
-    async def stop(self) -> None:
+    async def stop(self, settle_s: float = 5.0) -> None:
+        """Leave the shared group (so the broker stops queueing this instance's share), let
+        what was received reach the store and be acknowledged, then disconnect. Anything still
+        unacknowledged is sent again when this session resumes."""
+        if self.shared and self.connected.is_set():
+            for topic_filter in self.filters:
+                self.client.unsubscribe(topic_filter)
+        try:
+            await asyncio.wait_for(self.ingestor.settled(), settle_s)
+        except TimeoutError:
+            log.warning("mqtt: stopping with records not yet stored; the broker keeps them")
         self.stopping = True
         try:
             await asyncio.wait_for(self.client.disconnect(), 5)
