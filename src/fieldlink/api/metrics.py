@@ -47,6 +47,42 @@ SCALARS: tuple[tuple[str, str, bool, Sample], ...] = (
         True,
         lambda r: r.ingestor.counters.status_rejected,
     ),
+    (
+        "fieldlink_ingest_buffered",
+        "MQTT records waiting in the retry buffer for the store to come back",
+        False,
+        lambda r: r.ingestor.buffered(),
+    ),
+    (
+        "fieldlink_ingest_http_refused",
+        "HTTP ingest requests answered 503 while the store was down",
+        True,
+        lambda r: r.ingestor.counters.http_refused,
+    ),
+    (
+        "fieldlink_mqtt_acked",
+        "QoS 1 messages acknowledged to the broker (after the store committed them)",
+        True,
+        lambda r: r.mqtt.acked if r.mqtt is not None else 0,
+    ),
+    (
+        "fieldlink_bus_published",
+        "Events sent to other instances (Redis)",
+        True,
+        lambda r: r.redis_bus.published if r.redis_bus is not None else 0,
+    ),
+    (
+        "fieldlink_bus_received",
+        "Events received from other instances (Redis)",
+        True,
+        lambda r: r.redis_bus.received if r.redis_bus is not None else 0,
+    ),
+    (
+        "fieldlink_bus_dropped",
+        "Events not sent to other instances because Redis was unreachable",
+        True,
+        lambda r: r.redis_bus.dropped if r.redis_bus is not None else 0,
+    ),
     ("fieldlink_devices", "Registered devices", False, lambda r: len(r.ingestor.devices)),
     ("fieldlink_ws_clients", "Connected WebSocket clients", False, lambda r: r.hub.stats.connected),
     (
