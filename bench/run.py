@@ -1,6 +1,7 @@
 """fieldlink benchmark: real MQTT in, real WebSocket clients out, on this machine.
 
-    python bench/run.py [a|b|c|selfcheck|fleet|all] [--quick] [--backend sqlite|pg|pg2]
+    python bench/run.py [a|b|c|selfcheck|fleet|commands|all] [--quick]
+                        [--backend sqlite|pg|pg2]
 
 Starts its own mosquitto and `fieldlink serve` on free ports, a client fleet
 (bench/wsclients.py) and a load generator (bench/loadgen.py) as separate processes, and
@@ -8,7 +9,8 @@ reports end-to-end latency (publish -> client receive), deliveries/s, losses, an
 peak RSS. Backends: ``sqlite`` (one instance, SQLite in a temporary directory), ``pg`` (one
 instance on a private PostgreSQL with default durability + a private Redis), ``pg2`` (two
 instances sharing the ingest through $share and the bus through Redis; the client fleet is
-split between them). ``fleet`` times the 24-hour fleet chart query (bench/fleet_query.py).
+split between them). ``fleet`` times the 24-hour fleet chart query (bench/fleet_query.py);
+``commands`` times command round trips (bench/commands.py).
 Results: a table on stdout and JSON in bench/results/.
 """
 
@@ -347,6 +349,26 @@ def selfcheck(quick: bool) -> dict[str, Any]:
     return out
 
 
+def commands(quick: bool) -> dict[str, Any]:
+    """Command round trip (send -> acked) through the hub, sequential and 20 in flight."""
+    stack = Stack()
+    out: dict[str, Any] = {"scenario": "commands", "runs": []}
+    try:
+        for concurrency in (1, 20):
+            n = 200 if quick else 2000
+            r = json.loads(subprocess.run(
+                [PY, str(BENCH / "commands.py"), "--http-port", str(stack.http_port),
+                 "--mqtt-port", str(stack.mqtt_port), "--commands", str(n),
+                 "--concurrency", str(concurrency)],
+                capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+            out["runs"].append(r)
+            print(f"  commands, {concurrency} in flight: {r['per_s']}/s p50 {r['p50_ms']} ms "
+                  f"p99 {r['p99_ms']} ms max {r['max_ms']} ms {r['outcomes']}", flush=True)
+    finally:
+        stack.close()
+    return out
+
+
 def fleet_query(quick: bool) -> dict[str, Any]:
     """The 24-hour fleet chart query (1,000 devices x 1 day of 5-second data) on PostgreSQL."""
     args = ["--devices", "100"] if quick else []
@@ -378,14 +400,14 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("which", nargs="?", default="all",
-                   choices=["a", "b", "c", "selfcheck", "fleet", "all"])
+                   choices=["a", "b", "c", "selfcheck", "fleet", "commands", "all"])
     p.add_argument("--quick", action="store_true", help="short steps (smoke run)")
     p.add_argument("--backend", default="sqlite", choices=["sqlite", "pg", "pg2"],
                    help="sqlite: one instance; pg: PostgreSQL + Redis; pg2: two instances")
     a = p.parse_args()
     Stack.backend = a.backend
     runs = {"selfcheck": selfcheck, "a": scenario_a, "b": scenario_b, "c": scenario_c,
-            "fleet": fleet_query}
+            "fleet": fleet_query, "commands": commands}
     chosen = [n for n in runs if n != "fleet"] if a.which == "all" else [a.which]
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "command": " ".join(sys.argv), "backend": a.backend,

@@ -243,11 +243,19 @@ def simulate(
     interval: float = typer.Option(5.0, help="seconds between reports"),
     seed: int = typer.Option(1),
     prefix: str = typer.Option("edge"),
+    command_behavior: str = typer.Option(
+        "ack", help="how devices answer commands: ack, fail, ignore or late"
+    ),
+    ack_delay: float = typer.Option(0.0, help="seconds before a device answers a command"),
     log_level: str = typer.Option("info"),
 ) -> None:
-    """Run simulated edge nodes (MQTT first, HTTP fallback after 3 MQTT failures)."""
+    """Run simulated edge nodes (MQTT first, HTTP fallback after 3 MQTT failures); they carry
+    out commands (docs/commands.md)."""
     from fieldlink.simulator.runner import run_fleet
 
+    if command_behavior not in ("ack", "fail", "ignore", "late"):
+        typer.echo("error: --command-behavior must be ack, fail, ignore or late", err=True)
+        raise typer.Exit(2)
     _logging(log_level)
     _run(
         run_fleet(
@@ -257,6 +265,8 @@ def simulate(
             interval_s=interval,
             seed=seed,
             prefix=prefix,
+            command_behavior=command_behavior,  # type: ignore[arg-type]
+            ack_delay_s=ack_delay,
         )
     )
 

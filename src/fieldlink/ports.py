@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fieldlink.core.commands import Command, Status
 from fieldlink.core.model import Device, Record
 
 
@@ -29,6 +30,7 @@ class Event:
     data: bytes
     key: str = ""
     local_only: bool = False  # derived identically on every instance: never sent to others
+    final: bool = False  # the last event of its private channel (a command's terminal state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,31 @@ class WriteResult:
     duplicates: int
 
 
-class Store(Protocol):
+class CommandLog(Protocol):
+    """The persisted command log (every store implements it). State changes are
+    compare-and-set on the status, so when several instances race (an ack against the
+    deadline sweeper) exactly one wins and a command reaches exactly one terminal state."""
+
+    async def insert_command(self, command: Command) -> bool:
+        """Add a new command; False if its id is taken."""
+
+    async def replace_command(self, command: Command, expected: Status) -> bool:
+        """Store ``command`` if the stored one is still in ``expected``; False otherwise."""
+
+    async def get_command(self, command_id: str) -> Command | None: ...
+
+    async def list_commands(self, device_id: str, limit: int) -> list[Command]:
+        """The device's commands, newest first."""
+
+    async def due_commands(self, now_ms: int, limit: int) -> list[Command]:
+        """Open (pending or sent) commands whose deadline has passed."""
+
+    async def pending_commands(self, device_id: str | None) -> list[Command]:
+        """Commands still pending (queued for an offline device, or waiting for the broker),
+        oldest first: one device's, or every device's for None."""
+
+
+class Store(CommandLog, Protocol):
     """Durable history and the device registry.
 
     Ordering: writes submitted in order are committed in order. ``write`` returns a future that
@@ -116,3 +142,4 @@ class Bus(Protocol):
     def publish(self, event: Event) -> None: ...
 
     async def close(self) -> None: ...
+

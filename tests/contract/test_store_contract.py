@@ -129,3 +129,30 @@ async def test_sqlite_survives_reopen_and_refuses_writes_after_close(tmp_path: P
         await reopened.close()
     with pytest.raises(DependencyDown):
         await reopened.write([rec("d", T0 + 2)])
+
+
+async def test_command_log_is_compare_and_set(store: Store) -> None:
+    from fieldlink.core.commands import Status, expire, new_command, parse_request, transition
+
+    def make(command_id: str, device: str, at: int, timeout_ms: int = 1000) -> object:
+        request = parse_request({"device": device, "action": "idle", "timeout_ms": timeout_ms})
+        return new_command(request, command_id, at)
+
+    first = make("c1", "d", T0)
+    assert await store.insert_command(first) is True  # type: ignore[arg-type]
+    assert await store.insert_command(make("c1", "d", T0 + 1)) is False  # type: ignore[arg-type]
+    await store.insert_command(make("c2", "d", T0 + 5, timeout_ms=60_000))  # type: ignore[arg-type]
+    await store.insert_command(make("c3", "e", T0 + 9))  # type: ignore[arg-type]
+    sent = transition(first, Status.SENT, T0 + 10)  # type: ignore[arg-type]
+    assert await store.replace_command(sent, Status.PENDING) is True
+    # A second writer that still believes it is pending loses.
+    assert await store.replace_command(sent, Status.PENDING) is False
+    timed_out = expire(sent, T0 + 2000)
+    assert await store.replace_command(timed_out, Status.SENT) is True
+    got = await store.get_command("c1")
+    assert got == timed_out and await store.get_command("nope") is None
+    assert [c.id for c in await store.list_commands("d", 10)] == ["c2", "c1"]
+    assert [c.id for c in await store.list_commands("d", 1)] == ["c2"]
+    assert [c.id for c in await store.due_commands(T0 + 5000, 10)] == ["c3"]
+    assert [c.id for c in await store.pending_commands("d")] == ["c2"]
+    assert [c.id for c in await store.pending_commands(None)] == ["c2", "c3"]

@@ -41,7 +41,7 @@ def test_builtin_topics() -> None:
     assert scheme.match("edge/n1/other") is None
     assert scheme.match("other/n1/telemetry") is None
     assert scheme.match("edge/a/b/telemetry") is None
-    assert scheme.ingest_filters() == ["edge/+/telemetry", "edge/+/status"]
+    assert scheme.ingest_filters() == ["edge/+/telemetry", "edge/+/status", "edge/+/ack"]
 
 
 def test_multi_level_prefix() -> None:

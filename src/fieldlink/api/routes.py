@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fieldlink import __version__
 from fieldlink.api.metrics import exposition, registry_for
 from fieldlink.core import buckets
+from fieldlink.core.codec import decode_json
 from fieldlink.core.errors import FieldlinkError, NotFound, PayloadTooLarge, ValidationError
 
 if TYPE_CHECKING:
@@ -180,6 +181,38 @@ def create_app(runtime: Runtime) -> FastAPI:
             "end": end_ms,
             "points": [r.to_event_data() for r in records],
         }
+
+    commands = runtime.commands
+
+    @app.post("/api/devices/{device_id}/commands", tags=["commands"], status_code=202)
+    async def send_command(
+        device_id: str,
+        request: Request,
+        wait: bool = Query(False, description="answer with the outcome (at most the deadline)"),
+    ) -> JSONResponse:
+        """Send a command: 202 with the command as it stands, or with ``wait=true`` 200 once
+        it reached a terminal state. 404 for an unknown device (logged as ``rejected``)."""
+        body = await read_body_limited(request, limits.max_payload_bytes)
+        parsed = commands.parse(decode_json(body or b"null", limits), device_id=device_id)
+        command = await commands.submit(parsed)
+        if command.reason == "unknown_device":
+            raise NotFound(f"device {device_id!r} is not registered")
+        if wait:
+            command = await commands.wait(command)
+        code = 200 if command.terminal else 202
+        return JSONResponse(command.to_dict(), status_code=code)
+
+    @app.get("/api/commands/{command_id}", tags=["commands"])
+    async def get_command(command_id: str) -> dict[str, Any]:
+        return (await commands.get(command_id)).to_dict()
+
+    @app.get("/api/devices/{device_id}/commands", tags=["commands"])
+    async def device_commands(
+        device_id: str, limit: int = Query(100, ge=1, le=1000)
+    ) -> dict[str, Any]:
+        """The device's command log, newest first."""
+        log_rows = await runtime.store.list_commands(device_id, limit)
+        return {"device_id": device_id, "commands": [c.to_dict() for c in log_rows]}
 
     @app.get("/api/fleet/telemetry", tags=["fleet"])
     async def fleet_telemetry(

@@ -34,6 +34,8 @@ class Settings:
     simulate_interval_s: float = 5.0
     simulate_seed: int = 1
     log_level: str = "info"
+    command_timeout_s: float = 10.0  # default answer deadline of a command
+    command_sweep_s: float = 0.1  # how often deadlines are enforced
     stop_timeout_s: float = 10.0  # how long shutdown waits for pending writes
 
     def resolved_database_url(self) -> str:

@@ -9,13 +9,17 @@ import logging
 import socket
 import time
 import tomllib
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
+from fieldlink.core import channels
+from fieldlink.core.errors import FieldlinkError, ValidationError
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
-from fieldlink.gateway.hub import Hub
+from fieldlink.gateway import protocol
+from fieldlink.gateway.hub import Hub, Member
 from fieldlink.gateway.ws import (
     GatewaySettings,
     keepalive,
@@ -25,6 +29,7 @@ from fieldlink.gateway.ws import (
 from fieldlink.mqtt.broker import EmbeddedBroker
 from fieldlink.mqtt.listener import MqttIngest
 from fieldlink.ports import Bus, Cache, Store
+from fieldlink.services.commands import CommandService, new_command_id
 from fieldlink.services.ingest import Ingestor
 from fieldlink.services.views import DeviceViews
 
@@ -99,6 +104,19 @@ class Runtime:
             limits=settings.limits,
         )
         self.views = DeviceViews(self.ingestor)
+        self.commands = CommandService(
+            log_store=self.store,
+            bus=self.bus,
+            status=self.status,
+            devices=self.ingestor.devices,
+            scheme=self.scheme,
+            clock_ms=now_ms,
+            publish=self._publish_mqtt,
+            connected=lambda: self.mqtt is not None and self.mqtt.connected.is_set(),
+            limits=settings.limits,
+            default_timeout_ms=int(settings.command_timeout_s * 1000),
+        )
+        self.ingestor.ack_handler = self.commands.handle_ack
         self.hub = Hub(
             self.views.snapshot,
             max_pending_bytes=settings.ws_max_pending_bytes,
@@ -106,6 +124,7 @@ class Runtime:
             clock_ms=now_ms,
         )
         self.bus.subscribe(self.hub.publish)
+        self.hub.on_command = self._ws_command
         if self.redis_bus is not None and self.redis_cache is not None:
             self.redis_bus.subscribe_remote(self.ingestor.apply_remote)
             redis_cache = self.redis_cache
@@ -125,6 +144,7 @@ class Runtime:
         self.mqtt: MqttIngest | None = None
         self.mqtt_url = settings.mqtt_url
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.started_ms = now_ms()
 
     async def start(self) -> None:
@@ -145,8 +165,11 @@ class Runtime:
             shared_group=s.mqtt_shared_group,
             session_expiry_s=s.mqtt_session_expiry_s,
         )
+        commands = self.commands
+        self.mqtt.on_connected.append(lambda: self._spawn(commands.send_pending(None)))
         await self.mqtt.start()
         self._tasks.append(asyncio.create_task(self._sweep_status()))
+        self._tasks.append(asyncio.create_task(self._sweep_commands()))
         self._tasks.append(asyncio.create_task(keepalive(self.hub, self.gateway_settings)))
         self._tasks.append(asyncio.create_task(sweep_slow(self.hub)))
 
@@ -160,6 +183,51 @@ class Runtime:
         digest = hashlib.sha256(identity.encode()).hexdigest()
         return f"fieldlink-{digest[:12]}"
 
+    def _publish_mqtt(self, topic: str, payload: bytes) -> bool:
+        return self.mqtt is not None and self.mqtt.publish(topic, payload)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _ws_command(self, member: Member, message: dict[str, Any]) -> None:
+        """A ``command`` message from a WebSocket client: the client joins the command's
+        private channel as soon as the id is logged, so it sees every transition."""
+        hub, commands = self.hub, self.commands
+        given = message.get("id")
+        shown_id = given if isinstance(given, str) else None
+        try:
+            request = commands.parse(message)
+        except ValidationError as exc:
+            commands.counters.refused += 1
+            member.send(protocol.command_refused(shown_id, exc.code, exc.message))
+            return
+        command_id = request.id or new_command_id()
+
+        async def run() -> None:
+            try:
+                await commands.submit(
+                    request,
+                    command_id,
+                    on_logged=lambda c: hub.join_private(member, channels.command(c.id)),
+                )
+            except FieldlinkError as exc:
+                member.send(protocol.command_refused(command_id, exc.code, exc.message))
+            except Exception:
+                log.exception("command %s failed unexpectedly", command_id)
+                member.send(protocol.command_refused(command_id, "internal", "internal error"))
+
+        self._spawn(run())
+
+    async def _sweep_commands(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.command_sweep_s)
+            try:
+                await self.commands.sweep()
+            except FieldlinkError as exc:
+                log.warning("command sweep: %s", exc)
+
     async def _sweep_status(self) -> None:
         while True:
             await asyncio.sleep(self.settings.status_sweep_s)
@@ -170,6 +238,10 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.commands.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.mqtt is not None:
             await self.mqtt.stop()
         self.hub.flush()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fieldlink.backends.aggregate import aggregate_records, fleet_records
+from fieldlink.core.commands import OPEN, Command, Status
 from fieldlink.core.model import Device, Record
 from fieldlink.ports import Event, EventHandler, WriteResult
 
@@ -18,6 +19,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[str, list[Record]] = {}
+        self._commands: dict[str, Command] = {}
         self._keys: dict[str, list[int]] = {}
         self._seqs: dict[str, set[int]] = {}
         self._devices: dict[str, Device] = {}
@@ -82,6 +84,40 @@ class MemoryStore:
     async def latest(self, device_id: str) -> Record | None:
         rows = self._records.get(device_id)
         return rows[-1] if rows else None
+
+    # ---- command log (CommandLog) -------------------------------------------------------
+
+    async def insert_command(self, command: Command) -> bool:
+        if command.id in self._commands:
+            return False
+        self._commands[command.id] = command
+        return True
+
+    async def replace_command(self, command: Command, expected: Status) -> bool:
+        current = self._commands.get(command.id)
+        if current is None or current.status is not expected:
+            return False
+        self._commands[command.id] = command
+        return True
+
+    async def get_command(self, command_id: str) -> Command | None:
+        return self._commands.get(command_id)
+
+    async def list_commands(self, device_id: str, limit: int) -> list[Command]:
+        mine = [c for c in self._commands.values() if c.device_id == device_id]
+        return sorted(mine, key=lambda c: c.created_ms, reverse=True)[:limit]
+
+    async def due_commands(self, now_ms: int, limit: int) -> list[Command]:
+        due = [c for c in self._commands.values() if c.status in OPEN and c.deadline_ms <= now_ms]
+        return sorted(due, key=lambda c: c.deadline_ms)[:limit]
+
+    async def pending_commands(self, device_id: str | None) -> list[Command]:
+        mine = [
+            c
+            for c in self._commands.values()
+            if device_id in (None, c.device_id) and c.status is Status.PENDING
+        ]
+        return sorted(mine, key=lambda c: c.created_ms)
 
     async def query_fleet(
         self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()

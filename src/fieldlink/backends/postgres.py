@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
 from fieldlink.ports import WriteResult
@@ -300,6 +301,70 @@ class PostgresStore:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
         return rows[0] if rows else None
 
+    # ---- command log (CommandLog) -------------------------------------------------------
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        if self._pool is None:
+            raise DependencyDown("the PostgreSQL store is not started")
+        try:
+            status: str = await self._pool.execute(sql, *args)
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+            raise DependencyDown(f"PostgreSQL is unavailable: {type(exc).__name__}") from exc
+        except asyncpg.CannotConnectNowError as exc:
+            raise DependencyDown("PostgreSQL is starting or stopping") from exc
+        return status
+
+    async def insert_command(self, command: Command) -> bool:
+        status = await self._execute(
+            "INSERT INTO commands (id, device_id, status, created_ms, deadline_ms, doc) "
+            "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (id) DO NOTHING",
+            *_command_row(command),
+        )
+        return status.endswith(" 1")
+
+    async def replace_command(self, command: Command, expected: Status) -> bool:
+        row = _command_row(command)
+        status = await self._execute(
+            "UPDATE commands SET status = $1, deadline_ms = $2, doc = $3::jsonb "
+            "WHERE id = $4 AND status = $5",
+            row[2],
+            row[4],
+            row[5],
+            command.id,
+            str(expected),
+        )
+        return status.endswith(" 1")
+
+    async def get_command(self, command_id: str) -> Command | None:
+        rows = await self._fetch("SELECT doc::text FROM commands WHERE id = $1", command_id)
+        return Command.from_dict(orjson.loads(rows[0][0])) if rows else None
+
+    async def list_commands(self, device_id: str, limit: int) -> list[Command]:
+        rows = await self._fetch(
+            "SELECT doc::text FROM commands WHERE device_id = $1 "
+            "ORDER BY created_ms DESC LIMIT $2",
+            device_id,
+            limit,
+        )
+        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+
+    async def due_commands(self, now_ms: int, limit: int) -> list[Command]:
+        rows = await self._fetch(
+            "SELECT doc::text FROM commands WHERE status IN ('pending', 'sent') "
+            "AND deadline_ms <= $1 ORDER BY deadline_ms LIMIT $2",
+            now_ms,
+            limit,
+        )
+        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+
+    async def pending_commands(self, device_id: str | None) -> list[Command]:
+        rows = await self._fetch(
+            "SELECT doc::text FROM commands WHERE ($1::text IS NULL OR device_id = $1) "
+            "AND status = 'pending' ORDER BY created_ms",
+            device_id,
+        )
+        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+
     async def query_fleet(
         self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
@@ -312,6 +377,17 @@ class PostgresStore:
             *args,
         )
         return _bucket_rows(rows, agg)
+
+
+def _command_row(command: Command) -> tuple[Any, ...]:
+    return (
+        command.id,
+        command.device_id,
+        str(command.status),
+        command.created_ms,
+        command.deadline_ms,
+        orjson.dumps(command.to_dict()).decode(),
+    )
 
 
 def _bucket_rows(rows: Sequence[Any], agg: str) -> list[dict[str, Any]]:

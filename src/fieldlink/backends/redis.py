@@ -41,14 +41,14 @@ BACKOFF_MAX_S = 2.0
 
 
 def encode_event(origin: str, event: Event) -> bytes:
-    head = orjson.dumps([origin, event.type, list(event.channels), event.key])
+    head = orjson.dumps([origin, event.type, list(event.channels), event.key, event.final])
     return head + b"\n" + event.data
 
 
 def decode_event(message: bytes) -> tuple[str, Event]:
     head, _, data = message.partition(b"\n")
-    origin, kind, channels, key = orjson.loads(head)
-    return origin, Event(kind, tuple(channels), data, key)
+    origin, kind, channels, key, final = orjson.loads(head)
+    return origin, Event(kind, tuple(channels), data, key, final=final)
 
 
 class RedisBus:

@@ -13,13 +13,14 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
 from fieldlink.ports import WriteResult
@@ -41,6 +42,17 @@ CREATE TABLE IF NOT EXISTS telemetry (
 CREATE INDEX IF NOT EXISTS telemetry_device_ts ON telemetry (device_id, ts);
 CREATE UNIQUE INDEX IF NOT EXISTS telemetry_device_seq ON telemetry (device_id, seq)
     WHERE seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_device ON commands (device_id, created_ms);
+CREATE INDEX IF NOT EXISTS commands_open ON commands (deadline_ms)
+    WHERE status IN ('pending', 'sent');
 """
 
 _INSERT = "INSERT OR IGNORE INTO telemetry (device_id, ts, seq, data) VALUES (?, ?, ?, ?)"
@@ -66,6 +78,16 @@ _FLEET_AGG_SQL = {
 _MAX_BATCH_ITEMS = 2000
 
 _STOP = object()
+
+
+class _Call:
+    """A function run by the writer thread inside its transaction (command log writes)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+
 
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -161,6 +183,9 @@ class SqliteStore:
                     if future is None:
                         conn.execute(_UPSERT_DEVICE, payload)
                         continue
+                    if isinstance(payload, _Call):
+                        results.append((future, payload.fn(conn)))
+                        continue
                     before = conn.total_changes
                     conn.executemany(
                         _INSERT,
@@ -247,6 +272,69 @@ class SqliteStore:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
         return rows[0] if rows else None
 
+    # ---- command log (CommandLog) -------------------------------------------------------
+
+    async def _write_call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._failed is not None or self._thread is None:
+            raise DependencyDown("the SQLite writer is not running")
+        self._queue.put((_Call(fn), future))
+        return await future
+
+    async def insert_command(self, command: Command) -> bool:
+        row = _command_row(command)
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO commands (id, device_id, status, created_ms, "
+                "deadline_ms, doc) VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            return cursor.rowcount == 1
+
+        return bool(await self._write_call(insert))
+
+    async def replace_command(self, command: Command, expected: Status) -> bool:
+        row = _command_row(command)
+
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE commands SET status = ?, deadline_ms = ?, doc = ? "
+                "WHERE id = ? AND status = ?",
+                (row[2], row[4], row[5], command.id, str(expected)),
+            )
+            return cursor.rowcount == 1
+
+        return bool(await self._write_call(update))
+
+    async def get_command(self, command_id: str) -> Command | None:
+        rows = await self._read("SELECT doc FROM commands WHERE id = ?", (command_id,))
+        return Command.from_dict(orjson.loads(rows[0][0])) if rows else None
+
+    async def list_commands(self, device_id: str, limit: int) -> list[Command]:
+        rows = await self._read(
+            "SELECT doc FROM commands WHERE device_id = ? ORDER BY created_ms DESC LIMIT ?",
+            (device_id, limit),
+        )
+        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+
+    async def due_commands(self, now_ms: int, limit: int) -> list[Command]:
+        rows = await self._read(
+            "SELECT doc FROM commands WHERE status IN ('pending', 'sent') AND deadline_ms <= ? "
+            "ORDER BY deadline_ms LIMIT ?",
+            (now_ms, limit),
+        )
+        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+
+    async def pending_commands(self, device_id: str | None) -> list[Command]:
+        rows = await self._read(
+            "SELECT doc FROM commands WHERE (? IS NULL OR device_id = ?) AND status = 'pending' "
+            "ORDER BY created_ms",
+            (device_id, device_id),
+        )
+        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+
     async def query_fleet(
         self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
@@ -265,6 +353,17 @@ class SqliteStore:
                 out.append({"ts": bucket})
             out[-1][key] = float(value) if agg != "count" else value
         return out
+
+
+def _command_row(command: Command) -> tuple[Any, ...]:
+    return (
+        command.id,
+        command.device_id,
+        str(command.status),
+        command.created_ms,
+        command.deadline_ms,
+        orjson.dumps(command.to_dict()).decode(),
+    )
 
 
 def _device(row: tuple[Any, ...]) -> Device:

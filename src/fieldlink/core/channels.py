@@ -11,6 +11,7 @@ from fieldlink.core.model import is_valid_device_id
 
 ALL = "all"
 DEVICE_PREFIX = "device:"
+COMMAND_PREFIX = "command:"  # private: the requester of one command, never subscribable
 
 
 def device(device_id: str) -> str:
@@ -20,6 +21,15 @@ def device(device_id: str) -> str:
 def for_device_event(device_id: str) -> tuple[str, ...]:
     """Channels that carry an event about one device, in delivery order."""
     return (DEVICE_PREFIX + device_id, ALL)
+
+
+def command(command_id: str) -> str:
+    return COMMAND_PREFIX + command_id
+
+
+def for_command_event(command_id: str, device_id: str) -> tuple[str, ...]:
+    """Channels that carry a command's transitions: its requester's, then the device's."""
+    return (COMMAND_PREFIX + command_id, DEVICE_PREFIX + device_id, ALL)
 
 
 def parse(channel: object) -> tuple[str, str | None]:

@@ -134,6 +134,11 @@ def _check_value(value: Any, path: str, depth: int, limits: Limits) -> None:
         raise ValidationError(INVALID_VALUE, "unsupported value type", path)
 
 
+def check_value(value: Any, limits: Limits = DEFAULT_LIMITS, path: str = "$") -> None:
+    """Apply the payload limits (depth, keys, strings, finite numbers) to any JSON value."""
+    _check_value(value, path, 0, limits)
+
+
 _VALID_KEYS: set[str] = set()
 _VALID_KEYS_MAX = 65_536  # a memo of KEY_RE results; devices repeat the same few keys
 

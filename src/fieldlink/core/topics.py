@@ -163,7 +163,7 @@ class TopicScheme:
 
     def ingest_filters(self) -> list[str]:
         """Every filter the hub subscribes to for ingest."""
-        filters = [f"{self.prefix}/+/telemetry", f"{self.prefix}/+/status"]
+        filters = [f"{self.prefix}/+/telemetry", f"{self.prefix}/+/status", f"{self.prefix}/+/ack"]
         filters += [r.topic for r in self.routes]
         return filters
 

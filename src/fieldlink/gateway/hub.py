@@ -121,6 +121,9 @@ class Hub:
         self._scheduled = False
         self._next_flush_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Commands from clients go to the command service (wired by the runtime).
+        self.on_command: Callable[[Member, dict[str, Any]], None] | None = None
+        self.private_channel_ttl_s = 5.0
 
     # ---- events in ----------------------------------------------------------------------
 
@@ -130,7 +133,11 @@ class Hub:
         for name in event.channels:
             channel = self.channels.get(name)
             if channel is None:
+                if name.startswith(channels.COMMAND_PREFIX):
+                    continue  # a private channel with no member here: nothing to keep
                 channel = self.channels[name] = Channel(name)
+            elif event.final and name.startswith(channels.COMMAND_PREFIX):
+                self.close_private(name)
             channel.seq += 1
             if channel.members:
                 if not channel.pending:
@@ -291,11 +298,35 @@ class Hub:
                 self.subscribe(member, message["channel"], message)
             elif kind == "unsubscribe":
                 self.unsubscribe(member, message["channel"], message)
+            elif kind == "command":
+                if self.on_command is None:
+                    raise ProtocolError("commands are not enabled here", code="unsupported")
+                self.on_command(member, message)
             else:
                 member.send(protocol.pong(message, self.clock_ms()))
         except ProtocolError as exc:
             self.stats.client_errors += 1
             member.send(protocol.error(exc.code, exc.message, message))
+
+    def join_private(self, member: Member, name: str) -> None:
+        """Add a member to a private channel (a command's requester) without a reply. The
+        channel is dropped ``private_channel_ttl_s`` after ``close_private``."""
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = Channel(name)
+        channel.members.add(member)
+        member.subscriptions.add(name)
+
+    def close_private(self, name: str) -> None:
+        """The channel has had its last event: forget it once that is surely flushed."""
+        loop = self._loop or asyncio.get_running_loop()
+        loop.call_later(self.private_channel_ttl_s, self._drop_channel, name)
+
+    def _drop_channel(self, name: str) -> None:
+        channel = self.channels.pop(name, None)
+        if channel is not None:
+            for member in channel.members:
+                member.subscriptions.discard(name)
 
     def channel_seq(self, name: str) -> int:
         channel = self.channels.get(name)

@@ -14,7 +14,7 @@ from fieldlink.core import channels
 from fieldlink.core.errors import ProtocolError
 
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
-CLIENT_TYPES = ("subscribe", "unsubscribe", "ping")
+CLIENT_TYPES = ("subscribe", "unsubscribe", "ping", "command")
 
 
 def parse_client_message(payload: bytes) -> dict[str, Any]:
@@ -64,12 +64,29 @@ def pong(request: dict[str, Any] | None, server_time_ms: int) -> bytes:
     return orjson.dumps(_with_id({"type": "pong", "server_time": server_time_ms}, request))
 
 
+def command_refused(command_id: str | None, code: str, message: str) -> bytes:
+    """A command that never entered the log (invalid, or its id is taken)."""
+    body: dict[str, Any] = {"type": "command", "status": "rejected", "reason": code}
+    if command_id is not None:
+        body["id"] = command_id
+    body["error"] = message
+    return orjson.dumps(body)
+
+
 def error(code: str, message: str, request: dict[str, Any] | None = None) -> bytes:
     return orjson.dumps(_with_id({"type": "error", "code": code, "message": message}, request))
 
 
 def event_payload(event_type: str, channel: str, seq: int, data: bytes) -> bytes:
-    """One event as JSON. Channel names come from the catalogue and need no escaping."""
+    """One event as JSON. Channel names come from the catalogue and need no escaping.
+    A command event carries its fields at the top level (``{"type":"command","id",
+    "status",...}``): its data object is spliced into the envelope."""
+    if event_type == "command":
+        return b'{"type":"command","channel":"%s","seq":%d,%s' % (
+            channel.encode(),
+            seq,
+            data[1:],
+        )
     return b'{"type":"%s","channel":"%s","seq":%d,"data":%s}' % (
         event_type.encode(),
         channel.encode(),

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,6 +86,9 @@ class MqttIngest:
         self._generation = 0  # connection count: acks never cross a reconnect
         self.acked = 0
         self.unacked_failed = 0
+        self.on_connected: list[Callable[[], None]] = []
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._drainer: asyncio.Task[None] | None = None
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
@@ -106,6 +111,8 @@ class MqttIngest:
         """Leave the shared group (so the broker stops queueing this instance's share), let
         what was received reach the store and be acknowledged, then disconnect. Anything still
         unacknowledged is sent again when this session resumes."""
+        if self._drainer is not None:
+            self._drainer.cancel()
         if self.shared and self.connected.is_set():
             for topic_filter in self.filters:
                 self.client.unsubscribe(topic_filter)
@@ -126,12 +133,44 @@ class MqttIngest:
         for topic_filter in self.filters:
             client.subscribe(topic_filter, qos=1)
         self.connected.set()
+        for callback in self.on_connected:
+            callback()
         log.info(
             "mqtt connected to %s:%d, subscribed to %s",
             self.host,
             self.port,
             ", ".join(self.filters),
         )
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish at QoS 1 (commands to devices); False when not connected. The broker caps
+        unacknowledged messages per client (its receive maximum, 20 on a default mosquitto);
+        beyond that, messages wait here in order and go out as acknowledgements free room."""
+        if not self.connected.is_set():
+            return False
+        if self._outbox:
+            self._outbox.append((topic, payload))
+            return True
+        try:
+            self.client.publish(topic, payload, qos=1)
+        except OverflowError:  # gmqtt: every packet id is in flight
+            self._outbox.append((topic, payload))
+            if self._drainer is None or self._drainer.done():
+                self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    async def _drain(self) -> None:
+        while self._outbox:
+            await asyncio.sleep(0.005)
+            if not self.connected.is_set():
+                continue  # gmqtt resends what is in flight; the rest waits for the reconnect
+            while self._outbox:
+                topic, payload = self._outbox[0]
+                try:
+                    self.client.publish(topic, payload, qos=1)
+                except OverflowError:
+                    break
+                self._outbox.popleft()
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()

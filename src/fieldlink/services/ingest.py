@@ -121,6 +121,8 @@ class Ingestor:
         self._retry_task: asyncio.Task[None] | None = None
         self.retry_backoff_s = (0.1, 2.0)
         self.store_down = False
+        # Command acks (edge/{id}/ack) go to the command service: (device_id, payload) -> future.
+        self.ack_handler: Callable[[str, bytes], asyncio.Future[Any]] | None = None
 
     async def load(self) -> None:
         """Load the device registry from the store (call once at start)."""
@@ -129,9 +131,10 @@ class Ingestor:
 
     # ---- transports in ------------------------------------------------------------------
 
-    def ingest_mqtt(self, topic: str, payload: bytes) -> asyncio.Future[WriteResult] | None:
-        """Handle one MQTT message. Returns the store future for telemetry that was accepted
-        (for QoS 1 acknowledgement after commit), else None. Never raises for bad input."""
+    def ingest_mqtt(self, topic: str, payload: bytes) -> asyncio.Future[Any] | None:
+        """Handle one MQTT message. Returns the future to wait for before acknowledging it
+        (the store batch of accepted telemetry, or the command log update of an ack), else
+        None. Never raises for bad input."""
         match = self.scheme.match(topic)
         if match is None:
             self.counters.received += 1
@@ -140,6 +143,10 @@ class Ingestor:
         if match.kind is TopicKind.STATUS:
             self._status_message(match.device_id or "", payload)
             return None
+        if match.kind is TopicKind.ACK:
+            if self.ack_handler is None:
+                return None
+            return self.ack_handler(match.device_id or "", payload)
         if match.kind not in (TopicKind.TELEMETRY, TopicKind.ROUTE):
             return None
         self.counters.received += 1

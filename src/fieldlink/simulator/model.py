@@ -73,6 +73,30 @@ class NodeModel:
             b.setpoint_kw = max(0.0, min(abs(setpoint_kw), b.capacity_kw))
         self.auto_dispatch = False
 
+    def execute(self, action: str, params: dict[str, Any]) -> tuple[bool, Any]:
+        """Carry out a command (docs/commands.md). ``(True, result)`` or ``(False, reason)``.
+
+        ``charge``/``discharge`` with optional ``setpoint_kw``; ``idle``; ``setpoint`` with
+        ``kw`` (positive charges, negative discharges, 0 idles). Setpoints are clamped to the
+        battery's capacity."""
+        b = self.battery
+        if action in ("charge", "discharge"):
+            kw = params.get("setpoint_kw", b.setpoint_kw or b.capacity_kw / 2)
+            if not isinstance(kw, (int, float)) or isinstance(kw, bool):
+                return False, "setpoint_kw must be a number"
+            self.set_mode(action, float(kw))  # type: ignore[arg-type]
+        elif action == "idle":
+            self.set_mode("idle")
+        elif action == "setpoint":
+            kw = params.get("kw")
+            if not isinstance(kw, (int, float)) or isinstance(kw, bool):
+                return False, "setpoint needs a number kw"
+            mode: Mode = "charge" if kw > 0 else "discharge" if kw < 0 else "idle"
+            self.set_mode(mode, abs(float(kw)))
+        else:
+            return False, f"unknown action {action!r}"
+        return True, {"mode": b.mode, "setpoint_kw": b.setpoint_kw}
+
     def _dispatch(self) -> None:
         b = self.battery
         if self._hold_steps > 0:

@@ -36,6 +36,9 @@ from fieldlink.simulator.model import NodeModel, device_id
 log = logging.getLogger("fieldlink.simulator")
 
 Transport = Literal["mqtt", "http"]
+# How a simulated device answers commands: carry them out and ack, report a failure, stay
+# silent, or ack after ``late_ack_s`` (for tests and demos of each outcome).
+CommandBehavior = Literal["ack", "fail", "ignore", "late"]
 BACKLOG_MAX = 1000
 
 
@@ -72,6 +75,9 @@ class SimulatedDevice:
         puback_timeout_s: float = 2.0,
         failures_to_fallback: int = 3,
         keepalive_s: int = 10,
+        command_behavior: CommandBehavior = "ack",
+        ack_delay_s: float = 0.0,
+        late_ack_s: float = 15.0,
     ) -> None:
         self.model = model
         self.id = model.device_id
@@ -99,6 +105,13 @@ class SimulatedDevice:
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.message_callback_add(self._topic("control"), self._on_control)
+        self.command_behavior: CommandBehavior = command_behavior
+        self.ack_delay_s = ack_delay_s
+        self.late_ack_s = late_ack_s
+        self.commands_received: list[dict[str, Any]] = []
+        self.acks_sent = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _topic(self, leaf: str) -> str:
         return f"{self.prefix}/{self.id}/{leaf}"
@@ -109,6 +122,7 @@ class SimulatedDevice:
     ) -> None:
         if not rc.is_failure:
             self.mqtt_connected = True
+            client.subscribe(self._topic("control"), qos=1)
             client.publish(self._topic("status"), "online", qos=1, retain=True)
 
     def _on_disconnect(
@@ -116,8 +130,42 @@ class SimulatedDevice:
     ) -> None:
         self.mqtt_connected = False
 
+    def _on_control(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """A command (paho's thread): hand it to the event loop."""
+        try:
+            command = orjson.loads(message.payload)
+            if not isinstance(command, dict) or not isinstance(command.get("id"), str):
+                raise ValueError("not a command")
+        except ValueError as exc:
+            log.warning("%s: ignored a bad control message: %s", self.id, exc)
+            return
+        self.commands_received.append(command)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(
+                lambda: self._loop.create_task(self._answer(command))  # type: ignore[union-attr]
+            )
+
+    async def _answer(self, command: dict[str, Any]) -> None:
+        behavior = self.command_behavior
+        if behavior == "ignore":
+            return
+        await asyncio.sleep(self.late_ack_s if behavior == "late" else self.ack_delay_s)
+        ack: dict[str, Any] = {"id": command["id"]}
+        if behavior == "fail":
+            ack.update(ok=False, error="simulated failure")
+        else:
+            params = command.get("params")
+            ok, outcome = self.model.execute(
+                str(command.get("action")), params if isinstance(params, dict) else {}
+            )
+            ack.update(ok=ok, **({"result": outcome} if ok else {"error": outcome}))
+        self.client.publish(self._topic("ack"), orjson.dumps(ack), qos=1)
+        self.acks_sent += 1
+
     def start(self) -> None:
         """Connect in the background; a broker that is down now is retried by paho."""
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
         self.client.loop_start()
 
@@ -219,6 +267,8 @@ async def run_fleet(
     seed: int = 1,
     prefix: str = "edge",
     id_prefix: str = "sim",
+    command_behavior: CommandBehavior = "ack",
+    ack_delay_s: float = 0.0,
 ) -> None:
     """Run ``count`` simulated nodes until cancelled, each reporting every ``interval_s``
     (starts staggered over the first interval)."""
@@ -235,6 +285,8 @@ async def run_fleet(
                 prefix=prefix,
                 host_stats=host_stats,
                 executor=executor,
+                command_behavior=command_behavior,
+                ack_delay_s=ack_delay_s,
             )
             for i in range(count)
         ]
