@@ -43,6 +43,7 @@ async def run(http_port: int, mqtt_port: int, n_devices: int, n_commands: int,
                 break
             assert time.monotonic() < deadline, "devices did not register"
             await asyncio.sleep(0.1)
+        run_id = f"{time.time_ns() % 10**9:x}"
         started: dict[str, float] = {}
         took: list[float] = []
         outcomes: dict[str, int] = {}
@@ -58,7 +59,8 @@ async def run(http_port: int, mqtt_port: int, n_devices: int, n_commands: int,
                         if m.get("type") != "command" or m.get("status") not in (
                                 "acked", "failed", "timeout", "rejected", "expired"):
                             continue
-                        outcomes[m["status"]] = outcomes.get(m["status"], 0) + 1
+                        key = m["status"] + (f"/{m['reason']}" if m.get("reason") else "")
+                        outcomes[key] = outcomes.get(key, 0) + 1
                         took.append((time.perf_counter() - started.pop(m["id"])) * 1000)
                         slots.release()
                         if len(took) == n_commands:
@@ -69,7 +71,7 @@ async def run(http_port: int, mqtt_port: int, n_devices: int, n_commands: int,
             t0 = time.perf_counter()
             for i in range(n_commands):
                 await slots.acquire()
-                command_id = f"b{i}"
+                command_id = f"b{run_id}-{i}"
                 started[command_id] = time.perf_counter()
                 await ws.send(orjson.dumps({
                     "type": "command", "id": command_id, "device": devices[i % n_devices].id,

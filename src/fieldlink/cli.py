@@ -112,6 +112,7 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         simulate_seed=int(p.get("seed", 1)),  # type: ignore[call-overload]
         silence_timeout_s=float(p["silence_timeout"]),  # type: ignore[arg-type]
         cache_ttl_s=float(p["cache_ttl"]),  # type: ignore[arg-type]
+        command_timeout_s=float(p["command_timeout"]),  # type: ignore[arg-type]
         log_level=str(p["log_level"]),
     )
 
@@ -156,6 +157,9 @@ def up(
         60.0, "seconds of silence before a device counts as offline", "SILENCE_TIMEOUT"
     ),
     cache_ttl: float = _opt(300.0, "seconds the latest state is kept per device", "CACHE_TTL"),
+    command_timeout: float = _opt(
+        10.0, "seconds a device has to answer a command (default per command)", "COMMAND_TIMEOUT"
+    ),
     host: str = _opt("127.0.0.1", "HTTP bind address", "HOST"),
     log_level: str = _opt("warning", "debug, info, warning or error", "LOG_LEVEL"),
     config: Path | None = _opt(None, CONFIG_HELP, "CONFIG"),
@@ -214,6 +218,9 @@ def serve(
         60.0, "seconds of silence before a device counts as offline", "SILENCE_TIMEOUT"
     ),
     cache_ttl: float = _opt(300.0, "seconds the latest state is kept per device", "CACHE_TTL"),
+    command_timeout: float = _opt(
+        10.0, "seconds a device has to answer a command (default per command)", "COMMAND_TIMEOUT"
+    ),
     host: str = _opt("127.0.0.1", "HTTP bind address", "HOST"),
     log_level: str = _opt("warning", "debug, info, warning or error", "LOG_LEVEL"),
     config: Path | None = _opt(None, CONFIG_HELP, "CONFIG"),

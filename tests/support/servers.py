@@ -50,6 +50,7 @@ class Mosquitto:
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
             "max_queued_messages 100000",
+            "set_tcp_nodelay true",
             f"log_dest file {self.workdir}/mosquitto.log",
         ]
         if os.geteuid() == 0:

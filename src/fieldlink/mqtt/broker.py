@@ -102,6 +102,8 @@ class EmbeddedBroker:
                 "max_queued_messages 100000",
                 "max_inflight_messages 100",
                 "message_size_limit 1048576",
+                # Small packets (commands, acks) must not wait for Nagle + delayed ACK (40 ms).
+                "set_tcp_nodelay true",
                 f"log_dest file {self.data_dir}/mosquitto.log",
                 "log_type error",
                 "log_type warning",

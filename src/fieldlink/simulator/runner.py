@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,11 @@ class SimulatedDevice:
     ) -> None:
         if not rc.is_failure:
             self.mqtt_connected = True
+            sock = client.socket()
+            if isinstance(sock, socket.socket):
+                # The ack follows our PUBACK of the command at once: without this, Nagle holds
+                # it until the broker's delayed ACK (40 ms).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.subscribe(self._topic("control"), qos=1)
             client.publish(self._topic("status"), "online", qos=1, retain=True)
 
