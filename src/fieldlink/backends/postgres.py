@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from fieldlink.backends.rows import command_row
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
@@ -318,12 +319,12 @@ class PostgresStore:
         status = await self._execute(
             "INSERT INTO commands (id, device_id, status, created_ms, deadline_ms, doc) "
             "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (id) DO NOTHING",
-            *_command_row(command),
+            *command_row(command),
         )
         return status.endswith(" 1")
 
     async def replace_command(self, command: Command, expected: Status) -> bool:
-        row = _command_row(command)
+        row = command_row(command)
         status = await self._execute(
             "UPDATE commands SET status = $1, deadline_ms = $2, doc = $3::jsonb "
             "WHERE id = $4 AND status = $5",
@@ -377,17 +378,6 @@ class PostgresStore:
             *args,
         )
         return _bucket_rows(rows, agg)
-
-
-def _command_row(command: Command) -> tuple[Any, ...]:
-    return (
-        command.id,
-        command.device_id,
-        str(command.status),
-        command.created_ms,
-        command.deadline_ms,
-        orjson.dumps(command.to_dict()).decode(),
-    )
 
 
 def _bucket_rows(rows: Sequence[Any], agg: str) -> list[dict[str, Any]]:

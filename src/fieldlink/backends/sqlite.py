@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from fieldlink.backends.rows import command_row
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
@@ -283,7 +284,7 @@ class SqliteStore:
         return await future
 
     async def insert_command(self, command: Command) -> bool:
-        row = _command_row(command)
+        row = command_row(command)
 
         def insert(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -296,7 +297,7 @@ class SqliteStore:
         return bool(await self._write_call(insert))
 
     async def replace_command(self, command: Command, expected: Status) -> bool:
-        row = _command_row(command)
+        row = command_row(command)
 
         def update(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -353,17 +354,6 @@ class SqliteStore:
                 out.append({"ts": bucket})
             out[-1][key] = float(value) if agg != "count" else value
         return out
-
-
-def _command_row(command: Command) -> tuple[Any, ...]:
-    return (
-        command.id,
-        command.device_id,
-        str(command.status),
-        command.created_ms,
-        command.deadline_ms,
-        orjson.dumps(command.to_dict()).decode(),
-    )
 
 
 def _device(row: tuple[Any, ...]) -> Device:
