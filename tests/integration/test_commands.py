@@ -112,8 +112,10 @@ async def test_shorter_configured_timeout_and_a_late_ack_that_changes_nothing(hu
         await wait_until(lambda: service.counters.late_acks == 1, timeout=5)
         async with httpx.AsyncClient(base_url=hub.http_url) as http:
             logged = (await http.get("/api/commands/late1")).json()
+            metrics = (await http.get("/metrics")).text
     assert logged["status"] == "timeout"
     assert logged["late_ack"]["ok"] is True and "acked" not in logged["stages"]
+    assert "fieldlink_command_acks_late_total 1.0" in metrics
 
 
 async def test_invalid_and_unknown_commands_are_rejected(hub) -> None:  # type: ignore[no-untyped-def]

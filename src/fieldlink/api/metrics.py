@@ -83,6 +83,48 @@ SCALARS: tuple[tuple[str, str, bool, Sample], ...] = (
         True,
         lambda r: r.redis_bus.dropped if r.redis_bus is not None else 0,
     ),
+    (
+        "fieldlink_commands_accepted",
+        "Commands logged",
+        True,
+        lambda r: r.commands.counters.accepted,
+    ),
+    (
+        "fieldlink_commands_refused",
+        "Command requests refused before logging (invalid, id taken)",
+        True,
+        lambda r: r.commands.counters.refused,
+    ),
+    (
+        "fieldlink_commands_sent",
+        "Commands published to devices",
+        True,
+        lambda r: r.commands.counters.sent,
+    ),
+    (
+        "fieldlink_commands_terminal",
+        "Commands that reached a terminal state (on this instance)",
+        True,
+        lambda r: r.commands.counters.terminal,
+    ),
+    (
+        "fieldlink_command_acks",
+        "Command answers received from devices",
+        True,
+        lambda r: r.commands.counters.acks,
+    ),
+    (
+        "fieldlink_command_acks_late",
+        "Answers after a terminal state (recorded, outcome unchanged)",
+        True,
+        lambda r: r.commands.counters.late_acks,
+    ),
+    (
+        "fieldlink_command_acks_rejected",
+        "Answers that were malformed, for unknown commands, or from another device",
+        True,
+        lambda r: r.commands.counters.acks_rejected,
+    ),
     ("fieldlink_devices", "Registered devices", False, lambda r: len(r.ingestor.devices)),
     ("fieldlink_ws_clients", "Connected WebSocket clients", False, lambda r: r.hub.stats.connected),
     (
