@@ -65,7 +65,18 @@ class CommandLog(Protocol):
         oldest first: one device's, or every device's for None."""
 
 
-class Store(CommandLog, Protocol):
+class Docs(Protocol):
+    """Small JSON documents by (kind, key): tenants, users, device credentials."""
+
+    async def put_doc(self, kind: str, key: str, doc: dict[str, Any]) -> None: ...
+
+    async def get_doc(self, kind: str, key: str) -> dict[str, Any] | None: ...
+
+    async def list_docs(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """``(key, doc)`` pairs of one kind, by key."""
+
+
+class Store(CommandLog, Docs, Protocol):
     """Durable history and the device registry.
 
     Ordering: writes submitted in order are committed in order. ``write`` returns a future that

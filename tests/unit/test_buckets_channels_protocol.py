@@ -38,10 +38,14 @@ def test_aggregates_and_ranges() -> None:
 
 def test_channel_catalogue() -> None:
     assert channels.device("n1") == "device:n1"
-    assert channels.for_device_event("n1") == ("device:n1", "all")
+    assert channels.for_device_event("n1", "t1") == ("device:n1", "tenant:t1", "all")
+    assert channels.for_command_event("c1", "n1", "t1") == ("command:c1", "device:n1",
+                                                            "tenant:t1", "all")
     assert channels.parse("all") == ("all", None)
     assert channels.parse("device:a:b") == ("device", "a:b")
-    for bad in ("device:", "device:has space", "tenant:1", "ALL", 5, None, "device:" + "x" * 129):
+    assert channels.parse("tenant:acme") == ("tenant", "acme")
+    for bad in ("device:", "device:has space", "tenant:", "command:c1", "ALL", 5, None,
+                "device:" + "x" * 129):
         with pytest.raises(ProtocolError):
             channels.parse(bad)
 

@@ -20,6 +20,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[str, list[Record]] = {}
         self._commands: dict[str, Command] = {}
+        self._docs: dict[tuple[str, str], dict[str, Any]] = {}
         self._keys: dict[str, list[int]] = {}
         self._seqs: dict[str, set[int]] = {}
         self._devices: dict[str, Device] = {}
@@ -53,7 +54,12 @@ class MemoryStore:
         if existing is not None:
             device.created_ms = existing.created_ms
         self._devices[device.id] = Device(
-            device.id, device.kind, dict(device.meta), device.created_ms, device.last_seen_ms
+            device.id,
+            device.kind,
+            dict(device.meta),
+            device.created_ms,
+            device.last_seen_ms,
+            device.tenant_id,
         )
 
     async def get_device(self, device_id: str) -> Device | None:
@@ -84,6 +90,18 @@ class MemoryStore:
     async def latest(self, device_id: str) -> Record | None:
         rows = self._records.get(device_id)
         return rows[-1] if rows else None
+
+    # ---- identity documents (Docs) ------------------------------------------------------
+
+    async def put_doc(self, kind: str, key: str, doc: dict[str, Any]) -> None:
+        self._docs[(kind, key)] = dict(doc)
+
+    async def get_doc(self, kind: str, key: str) -> dict[str, Any] | None:
+        doc = self._docs.get((kind, key))
+        return dict(doc) if doc is not None else None
+
+    async def list_docs(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        return sorted((k, dict(d)) for (t, k), d in self._docs.items() if t == kind)
 
     # ---- command log (CommandLog) -------------------------------------------------------
 

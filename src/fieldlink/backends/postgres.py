@@ -66,7 +66,8 @@ _FLEET_AGG_SQL = {
     "count": "sum(n)",
 }
 _UPSERT_DEVICE = """
-INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5)
+INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms, tenant_id)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, meta = excluded.meta,
     last_seen_ms = greatest(devices.last_seen_ms, excluded.last_seen_ms)
 """
@@ -169,6 +170,7 @@ class PostgresStore:
             orjson.dumps(device.meta).decode(),
             device.created_ms,
             device.last_seen_ms,
+            device.tenant_id,
         )
         self._queue.put_nowait((row, None))
 
@@ -258,14 +260,16 @@ class PostgresStore:
 
     async def get_device(self, device_id: str) -> Device | None:
         rows = await self._fetch(
-            "SELECT id, kind, meta::text, created_ms, last_seen_ms FROM devices WHERE id = $1",
+            "SELECT id, kind, meta::text, created_ms, last_seen_ms, tenant_id FROM devices "
+            "WHERE id = $1",
             device_id,
         )
         return _device(rows[0]) if rows else None
 
     async def list_devices(self) -> list[Device]:
         rows = await self._fetch(
-            "SELECT id, kind, meta::text, created_ms, last_seen_ms FROM devices ORDER BY id"
+            "SELECT id, kind, meta::text, created_ms, last_seen_ms, tenant_id FROM devices "
+            "ORDER BY id"
         )
         return [_device(r) for r in rows]
 
@@ -301,6 +305,29 @@ class PostgresStore:
     async def latest(self, device_id: str) -> Record | None:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
         return rows[0] if rows else None
+
+    # ---- identity documents (Docs) ------------------------------------------------------
+
+    async def put_doc(self, kind: str, key: str, doc: dict[str, Any]) -> None:
+        await self._execute(
+            "INSERT INTO docs (kind, key, doc) VALUES ($1, $2, $3::jsonb) "
+            "ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc",
+            kind,
+            key,
+            orjson.dumps(doc).decode(),
+        )
+
+    async def get_doc(self, kind: str, key: str) -> dict[str, Any] | None:
+        rows = await self._fetch(
+            "SELECT doc::text FROM docs WHERE kind = $1 AND key = $2", kind, key
+        )
+        return dict(orjson.loads(rows[0][0])) if rows else None
+
+    async def list_docs(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self._fetch(
+            "SELECT key, doc::text FROM docs WHERE kind = $1 ORDER BY key", kind
+        )
+        return [(r[0], dict(orjson.loads(r[1]))) for r in rows]
 
     # ---- command log (CommandLog) -------------------------------------------------------
 
@@ -342,8 +369,7 @@ class PostgresStore:
 
     async def list_commands(self, device_id: str, limit: int) -> list[Command]:
         rows = await self._fetch(
-            "SELECT doc::text FROM commands WHERE device_id = $1 "
-            "ORDER BY created_ms DESC LIMIT $2",
+            "SELECT doc::text FROM commands WHERE device_id = $1 ORDER BY created_ms DESC LIMIT $2",
             device_id,
             limit,
         )
@@ -390,4 +416,4 @@ def _bucket_rows(rows: Sequence[Any], agg: str) -> list[dict[str, Any]]:
 
 
 def _device(row: Any) -> Device:
-    return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4])
+    return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5])

@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS telemetry (
 CREATE INDEX IF NOT EXISTS telemetry_device_ts ON telemetry (device_id, ts);
 CREATE UNIQUE INDEX IF NOT EXISTS telemetry_device_seq ON telemetry (device_id, seq)
     WHERE seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS docs (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
     device_id TEXT NOT NULL,
@@ -58,7 +64,8 @@ CREATE INDEX IF NOT EXISTS commands_open ON commands (deadline_ms)
 
 _INSERT = "INSERT OR IGNORE INTO telemetry (device_id, ts, seq, data) VALUES (?, ?, ?, ?)"
 _UPSERT_DEVICE = """
-INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?)
+INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms, tenant_id)
+VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, meta = excluded.meta,
     last_seen_ms = max(coalesce(devices.last_seen_ms, 0), coalesce(excluded.last_seen_ms, 0))
 """
@@ -90,7 +97,6 @@ class _Call:
         self.fn = fn
 
 
-
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
@@ -119,6 +125,9 @@ class SqliteStore:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(devices)")}
+        if "tenant_id" not in columns:  # a database from before tenants
+            conn.execute("ALTER TABLE devices ADD COLUMN tenant_id TEXT NOT NULL DEFAULT 'default'")
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(
             target=self._writer, args=(conn,), name="sqlite-writer", daemon=True
@@ -152,6 +161,7 @@ class SqliteStore:
             orjson.dumps(device.meta).decode(),
             device.created_ms,
             device.last_seen_ms,
+            device.tenant_id,
         )
         self._queue.put((row, None))
 
@@ -228,14 +238,15 @@ class SqliteStore:
 
     async def get_device(self, device_id: str) -> Device | None:
         rows = await self._read(
-            "SELECT id, kind, meta, created_ms, last_seen_ms FROM devices WHERE id = ?",
+            "SELECT id, kind, meta, created_ms, last_seen_ms, tenant_id FROM devices WHERE id = ?",
             (device_id,),
         )
         return _device(rows[0]) if rows else None
 
     async def list_devices(self) -> list[Device]:
         rows = await self._read(
-            "SELECT id, kind, meta, created_ms, last_seen_ms FROM devices ORDER BY id", ()
+            "SELECT id, kind, meta, created_ms, last_seen_ms, tenant_id FROM devices ORDER BY id",
+            (),
         )
         return [_device(r) for r in rows]
 
@@ -272,6 +283,28 @@ class SqliteStore:
     async def latest(self, device_id: str) -> Record | None:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
         return rows[0] if rows else None
+
+    # ---- identity documents (Docs) ------------------------------------------------------
+
+    async def put_doc(self, kind: str, key: str, doc: dict[str, Any]) -> None:
+        text = orjson.dumps(doc).decode()
+
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO docs (kind, key, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT(kind, key) DO UPDATE SET doc = excluded.doc",
+                (kind, key, text),
+            )
+
+        await self._write_call(put)
+
+    async def get_doc(self, kind: str, key: str) -> dict[str, Any] | None:
+        rows = await self._read("SELECT doc FROM docs WHERE kind = ? AND key = ?", (kind, key))
+        return dict(orjson.loads(rows[0][0])) if rows else None
+
+    async def list_docs(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self._read("SELECT key, doc FROM docs WHERE kind = ? ORDER BY key", (kind,))
+        return [(r[0], dict(orjson.loads(r[1]))) for r in rows]
 
     # ---- command log (CommandLog) -------------------------------------------------------
 
@@ -357,4 +390,4 @@ class SqliteStore:
 
 
 def _device(row: tuple[Any, ...]) -> Device:
-    return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4])
+    return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5])

@@ -12,33 +12,45 @@ from fieldlink.core.model import is_valid_device_id
 ALL = "all"
 DEVICE_PREFIX = "device:"
 COMMAND_PREFIX = "command:"  # private: the requester of one command, never subscribable
+TENANT_PREFIX = "tenant:"  # every device event of one tenant
 
 
 def device(device_id: str) -> str:
     return DEVICE_PREFIX + device_id
 
 
-def for_device_event(device_id: str) -> tuple[str, ...]:
+def tenant(tenant_id: str) -> str:
+    return TENANT_PREFIX + tenant_id
+
+
+def for_device_event(device_id: str, tenant_id: str = "default") -> tuple[str, ...]:
     """Channels that carry an event about one device, in delivery order."""
-    return (DEVICE_PREFIX + device_id, ALL)
+    return (DEVICE_PREFIX + device_id, TENANT_PREFIX + tenant_id, ALL)
 
 
 def command(command_id: str) -> str:
     return COMMAND_PREFIX + command_id
 
 
-def for_command_event(command_id: str, device_id: str) -> tuple[str, ...]:
+def for_command_event(
+    command_id: str, device_id: str, tenant_id: str = "default"
+) -> tuple[str, ...]:
     """Channels that carry a command's transitions: its requester's, then the device's."""
-    return (COMMAND_PREFIX + command_id, DEVICE_PREFIX + device_id, ALL)
+    return (COMMAND_PREFIX + command_id, *for_device_event(device_id, tenant_id))
 
 
 def parse(channel: object) -> tuple[str, str | None]:
-    """Validate a channel name from a client: ``("all", None)`` or ``("device", id)``."""
+    """Validate a channel name from a client: ``("all", None)``, ``("device", id)`` or
+    ``("tenant", id)``."""
     if channel == ALL:
         return ("all", None)
-    if isinstance(channel, str) and channel.startswith(DEVICE_PREFIX):
-        device_id = channel[len(DEVICE_PREFIX) :]
-        if is_valid_device_id(device_id):
-            return ("device", device_id)
+    if isinstance(channel, str):
+        for kind, prefix in (("device", DEVICE_PREFIX), ("tenant", TENANT_PREFIX)):
+            if channel.startswith(prefix):
+                ident = channel[len(prefix) :]
+                if is_valid_device_id(ident):
+                    return (kind, ident)
     shown = repr(channel)[:80]
-    raise ProtocolError(f"unknown channel {shown}; use 'all' or 'device:<id>'", code="bad_channel")
+    raise ProtocolError(
+        f"unknown channel {shown}; use 'all', 'tenant:<id>' or 'device:<id>'", code="bad_channel"
+    )

@@ -60,3 +60,4 @@ class Device:
     meta: dict[str, Any] = field(default_factory=dict)
     created_ms: int = 0
     last_seen_ms: int | None = None
+    tenant_id: str = "default"  # from the device's credentials, never from its topic

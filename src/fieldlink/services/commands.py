@@ -247,12 +247,18 @@ class CommandService:
         self.bus.publish(
             Event(
                 "command",
-                channels.for_command_event(command.id, command.device_id),
+                channels.for_command_event(
+                    command.id, command.device_id, self._tenant(command.device_id)
+                ),
                 orjson.dumps(body),
                 command.id,
                 final=command.terminal,
             )
         )
+
+    def _tenant(self, device_id: str) -> str:
+        device = self.devices.get(device_id)
+        return device.tenant_id if device is not None else "default"
 
     def _on_event(self, event: Event) -> None:
         """Bus handler (this instance's events and others'): wake REST waiters, and send

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from fieldlink.core import channels
+from fieldlink.core.access import DEFAULT_TENANT
 from fieldlink.core.codec import DEFAULT_LIMITS, Limits, decode_json, parse_status, validate_record
 from fieldlink.core.dedupe import DedupeWindow
 from fieldlink.core.errors import DependencyDown, ValidationError
@@ -121,6 +122,8 @@ class Ingestor:
         self._retry_task: asyncio.Task[None] | None = None
         self.retry_backoff_s = (0.1, 2.0)
         self.store_down = False
+        # The tenant a device's credentials assign it to (identity service); None: anonymous.
+        self.credential_tenant: Callable[[str], str | None] = lambda device_id: None
         # Command acks (edge/{id}/ack) go to the command service: (device_id, payload) -> future.
         self.ack_handler: Callable[[str, bytes], asyncio.Future[Any]] | None = None
 
@@ -237,13 +240,21 @@ class Ingestor:
 
     # ---- the shared path ----------------------------------------------------------------
 
-    def _accept(self, record: Record, now_ms: int) -> bool:
+    def tenant_of(self, device_id: str) -> str:
+        """The tenant a device belongs to: its registration, else its credentials, else the
+        default tenant (anonymous devices)."""
+        device = self.devices.get(device_id)
+        if device is not None:
+            return device.tenant_id
+        return self.credential_tenant(device_id) or DEFAULT_TENANT
+
+    def _accept(self, record: Record, now_ms: int, tenant_id: str | None = None) -> bool:
         """Dedupe, register, cache, update status and publish. False for a duplicate."""
         device_id = record.device_id
         if record.seq is not None and not self._recent.first_sighting(device_id, record.seq):
             self.counters.reject(DUPLICATE)
             return False
-        self._register(device_id, record.kind, record.meta, now_ms)
+        self._register(device_id, record.kind, record.meta, now_ms, tenant_id)
         self.cache.set_latest(record, now_ms)
         change = self.status.activity(device_id, now_ms)
         if change is not None:
@@ -251,7 +262,7 @@ class Ingestor:
         self.bus.publish(
             Event(
                 "telemetry",
-                channels.for_device_event(device_id),
+                channels.for_device_event(device_id, self.devices[device_id].tenant_id),
                 orjson.dumps(record.to_event_data()),
                 device_id,
             )
@@ -259,11 +270,17 @@ class Ingestor:
         return True
 
     def _register(
-        self, device_id: str, kind: str, meta: dict[str, Any] | None, now_ms: int
+        self,
+        device_id: str,
+        kind: str,
+        meta: dict[str, Any] | None,
+        now_ms: int,
+        tenant_id: str | None = None,
     ) -> None:
         device = self.devices.get(device_id)
         if device is None:
-            device = Device(device_id, kind, dict(meta or {}), now_ms, now_ms)
+            tenant = tenant_id or self.credential_tenant(device_id) or DEFAULT_TENANT
+            device = Device(device_id, kind, dict(meta or {}), now_ms, now_ms, tenant)
             self.devices[device_id] = device
             self.store.save_device(device)
             self._publish_device(device, "created")
@@ -273,9 +290,20 @@ class Ingestor:
             self._publish_device(device, "updated")
 
     def _publish_device(self, device: Device, action: str) -> None:
-        data = {"device_id": device.id, "action": action, "kind": device.kind, "meta": device.meta}
+        data = {
+            "device_id": device.id,
+            "action": action,
+            "kind": device.kind,
+            "meta": device.meta,
+            "tenant": device.tenant_id,
+        }
         self.bus.publish(
-            Event("device", channels.for_device_event(device.id), orjson.dumps(data), device.id)
+            Event(
+                "device",
+                channels.for_device_event(device.id, device.tenant_id),
+                orjson.dumps(data),
+                device.id,
+            )
         )
 
     def _full(self, records: list[Record]) -> asyncio.Future[WriteResult] | None:
@@ -447,7 +475,7 @@ class Ingestor:
         self.bus.publish(
             Event(
                 "status",
-                channels.for_device_event(change.device_id),
+                channels.for_device_event(change.device_id, self.tenant_of(change.device_id)),
                 orjson.dumps(change.to_event_data()),
                 change.device_id,
                 local_only,
@@ -482,11 +510,26 @@ class Ingestor:
                 self.cache.remember(Record(device_id, ts_ms, data, seq, None, kind), now_ms)
                 self.status.seen(device_id, now_ms)
                 if device is None:
-                    self.devices[device_id] = Device(device_id, kind, {}, now_ms, now_ms)
+                    tenant = next(
+                        (
+                            c[len(channels.TENANT_PREFIX) :]
+                            for c in event.channels
+                            if c.startswith(channels.TENANT_PREFIX)
+                        ),
+                        DEFAULT_TENANT,
+                    )
+                    self.devices[device_id] = Device(device_id, kind, {}, now_ms, now_ms, tenant)
             elif event.type == "device":
                 known = self.devices.get(device_id)
                 created = known.created_ms if known else now_ms
-                self.devices[device_id] = Device(device_id, data["kind"], data["meta"], created)
+                self.devices[device_id] = Device(
+                    device_id,
+                    data["kind"],
+                    data["meta"],
+                    created,
+                    None,
+                    data.get("tenant", DEFAULT_TENANT),
+                )
             elif event.type == "status":
                 change = StatusChange(device_id, data["status"], data["ts"], data["reason"])
                 self.status.apply(change)

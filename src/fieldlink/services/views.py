@@ -27,11 +27,14 @@ class DeviceViews:
             "status_since": ing.status.since_ms(device.id),
             "last_seen": ing.status.last_seen_ms(device.id) or device.last_seen_ms,
             "created": device.created_ms,
+            "tenant": device.tenant_id,
             "latest": latest.to_event_data() if latest else None,
         }
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self.summary(d) for d in sorted(self.ingestor.devices.values(), key=lambda d: d.id)]
+    def list(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        """Every device, or one tenant's."""
+        devices = sorted(self.ingestor.devices.values(), key=lambda d: d.id)
+        return [self.summary(d) for d in devices if tenant_id in (None, d.tenant_id)]
 
     def get(self, device_id: str) -> dict[str, Any] | None:
         device = self.ingestor.devices.get(device_id)
@@ -42,6 +45,8 @@ class DeviceViews:
         kind, device_id = channels.parse(channel)
         if kind == "all":
             return orjson.dumps({"devices": self.list()})
+        if kind == "tenant":
+            return orjson.dumps({"devices": self.list(device_id)})
         assert device_id is not None
         device = self.get(device_id)
         if device is None:
