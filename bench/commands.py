@@ -29,8 +29,10 @@ from fieldlink.simulator.runner import SimulatedDevice  # noqa: E402
 
 
 async def run(http_port: int, mqtt_port: int, n_devices: int, n_commands: int,
-              concurrency: int) -> dict[str, object]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+              concurrency: int, token: str) -> dict[str, object]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}",
+                                 headers=headers) as http:
         devices = [SimulatedDevice(NodeModel.create(device_id(i + 1, "cmd"), seed=1),
                                    mqtt_url=f"mqtt://127.0.0.1:{mqtt_port}", http=http)
                    for i in range(n_devices)]
@@ -49,7 +51,8 @@ async def run(http_port: int, mqtt_port: int, n_devices: int, n_commands: int,
         outcomes: dict[str, int] = {}
         done = asyncio.Event()
         slots = asyncio.Semaphore(concurrency)
-        async with connect(f"ws://127.0.0.1:{http_port}/ws", max_size=None) as ws:
+        async with connect(f"ws://127.0.0.1:{http_port}/ws", max_size=None,
+                           additional_headers=headers) as ws:
             await ws.recv()  # connected
 
             async def reader() -> None:
@@ -95,9 +98,10 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=50)
     p.add_argument("--commands", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("--token", required=True, help="an operator or admin token")
     a = p.parse_args()
     print(json.dumps(asyncio.run(run(a.http_port, a.mqtt_port, a.devices, a.commands,
-                                     a.concurrency))))
+                                     a.concurrency, a.token))))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ class Stack:
             if self.backend == "pg2":
                 instances = 2
                 extra += ["--mqtt-shared-group", "bench"]
+        # One secret for every instance, so one admin token works on all of them; no per-user
+        # cap and a high message rate, since the whole client fleet is one user.
+        extra += ["--jwt-secret", "bench-" + os.urandom(24).hex(), "--ws-max-per-user", "0",
+                  "--ws-messages-per-s", "100000"]
         self.http_ports = [free_port() for _ in range(instances)]
         self.http_port = self.http_ports[0]
         self.hubs = [
@@ -104,6 +108,7 @@ class Stack:
         self.hub = self.hubs[0]
         for port in self.http_ports:
             wait_port(port, 60)
+        self.token = (d / "data0" / "admin.token").read_text().strip()
         self.ws_ports = ",".join(str(p) for p in self.http_ports)
         self.rss_peak = 0
         self._sampling = True
@@ -123,7 +128,9 @@ class Stack:
         """Every instance's counters, summed."""
         out: dict[str, float] = {}
         for port in self.http_ports:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                             headers={"Authorization": f"Bearer {self.token}"})
+            text = urllib.request.urlopen(request).read().decode()
             for line in text.splitlines():
                 if line.startswith("fieldlink_") and " " in line:
                     name, value = line.rsplit(" ", 1)
@@ -157,7 +164,8 @@ class Clients:
     def __init__(self, stack: Stack, n: int, subscribe: str, latency_clients: int = 50) -> None:
         self.n = n
         self.proc = subprocess.Popen(
-            [PY, str(BENCH / "wsclients.py"), "--port", stack.ws_ports, "--clients", str(n),
+            [PY, str(BENCH / "wsclients.py"), "--port", stack.ws_ports, "--token", stack.token,
+             "--clients", str(n),
              "--subscribe", subscribe, "--latency-clients", str(latency_clients)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -360,6 +368,7 @@ def commands(quick: bool) -> dict[str, Any]:
             n = 200 if quick else 2000
             r = json.loads(subprocess.run(
                 [PY, str(BENCH / "commands.py"), "--http-port", str(stack.http_port),
+                 "--token", stack.token,
                  "--mqtt-port", str(stack.mqtt_port), "--commands", str(n),
                  "--concurrency", str(concurrency)],
                 capture_output=True, text=True, check=True, cwd=ROOT).stdout)

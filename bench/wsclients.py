@@ -60,6 +60,7 @@ class Stats:
 
 STATS = Stats()
 READY = 0
+AUTH_HEADER = ""  # "Authorization: Bearer ...\r\n" when --token is given
 PATTERN = b'"type":"telemetry"'
 PING = b"\x89\x00"
 
@@ -91,7 +92,8 @@ class Client(asyncio.Protocol):
         key = base64.b64encode(os.urandom(16)).decode()
         transport.write(  # type: ignore[attr-defined]
             f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{AUTH_HEADER}\r\n"
             .encode())
 
     def data_received(self, data: bytes) -> None:
@@ -173,6 +175,7 @@ async def main() -> None:
     p.add_argument("--port", required=True,
                    help="hub port, or several separated by commas (clients spread round-robin)")
     p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--token", default="", help="bearer token for the handshake")
     p.add_argument("--subscribe", default="all", help="'all' or 'per-device:D'")
     p.add_argument("--device-prefix", default="dev")
     p.add_argument("--path", default="/ws")
@@ -180,6 +183,8 @@ async def main() -> None:
                    help="clients that parse every frame and measure latency")
     a = p.parse_args()
     ports = [int(x) for x in str(a.port).split(",")]
+    global AUTH_HEADER
+    AUTH_HEADER = f"Authorization: Bearer {a.token}\r\n" if a.token else ""
     loop = asyncio.get_running_loop()
     all_ready = asyncio.Event()
     clients: list[Client] = []

@@ -94,6 +94,17 @@ class RunningHub:
     def mqtt_port(self) -> int:
         return int(self.mqtt_url.rsplit(":", 1)[1])
 
+    @property
+    def token(self) -> str:
+        """The admin service token the hub wrote to <data-dir>/admin.token."""
+        assert self.runtime.admin_token_path is not None
+        return self.runtime.admin_token_path.read_text().strip()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers that authenticate as the admin (REST and the WebSocket handshake)."""
+        return {"Authorization": f"Bearer {self.token}"}
+
 
 @pytest.fixture
 def hub_settings(tmp_path: Path) -> Settings:

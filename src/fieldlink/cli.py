@@ -113,6 +113,16 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         silence_timeout_s=float(p["silence_timeout"]),  # type: ignore[arg-type]
         cache_ttl_s=float(p["cache_ttl"]),  # type: ignore[arg-type]
         command_timeout_s=float(p["command_timeout"]),  # type: ignore[arg-type]
+        allowed_origins=tuple(p["allowed_origin"] or ()),  # type: ignore[arg-type]
+        anonymous_devices=bool(p["anonymous_devices"]),
+        device_auth=bool(p["device_auth"]),
+        ws_max_per_user=int(p["ws_max_per_user"]),  # type: ignore[call-overload]
+        ws_max_connections=int(p["ws_max_connections"]),  # type: ignore[call-overload]
+        ws_messages_per_s=float(p["ws_messages_per_s"]),  # type: ignore[arg-type]
+        jwt_secret=p["jwt_secret"],  # type: ignore[arg-type]
+        jwt_algorithm=str(p["jwt_algorithm"]),
+        jwt_private_key_file=path(p["jwt_private_key"]),
+        jwt_public_key_file=path(p["jwt_public_key"]),
         log_level=str(p["log_level"]),
     )
 
@@ -162,6 +172,34 @@ def up(
     ),
     host: str = _opt("127.0.0.1", "HTTP bind address", "HOST"),
     log_level: str = _opt("warning", "debug, info, warning or error", "LOG_LEVEL"),
+    allowed_origin: list[str] = _opt(
+        [],
+        "browser origin allowed to connect (repeatable; the hub's own is always)",
+        "ALLOWED_ORIGIN",
+    ),
+    anonymous_devices: bool = _opt(
+        True,
+        "accept devices without credentials from loopback (default tenant)",
+        "ANONYMOUS_DEVICES",
+    ),
+    device_auth: bool = _opt(
+        False, "embedded broker: per-device credentials and ACL, no anonymous", "DEVICE_AUTH"
+    ),
+    ws_max_per_user: int = _opt(
+        100, "WebSocket connections per user (0: no cap)", "WS_MAX_PER_USER"
+    ),
+    ws_max_connections: int = _opt(10_000, "WebSocket connections in all", "WS_MAX_CONNECTIONS"),
+    ws_messages_per_s: float = _opt(
+        50.0, "client messages per second per WebSocket", "WS_MESSAGES_PER_S"
+    ),
+    jwt_secret: str | None = _opt(
+        None,
+        "HS256 secret (default: DATA_DIR/jwt.secret); instances must share it",
+        "JWT_SECRET",
+    ),
+    jwt_algorithm: str = _opt("HS256", "HS256, RS256 or ES256", "JWT_ALGORITHM"),
+    jwt_private_key: Path | None = _opt(None, "PEM private key (RS256/ES256)", "JWT_PRIVATE_KEY"),
+    jwt_public_key: Path | None = _opt(None, "PEM public key (RS256/ES256)", "JWT_PUBLIC_KEY"),
     config: Path | None = _opt(None, CONFIG_HELP, "CONFIG"),
 ) -> None:
     """Everything embedded: broker, history, live gateway, REST, dashboard (+ simulated devices)."""
@@ -223,6 +261,34 @@ def serve(
     ),
     host: str = _opt("127.0.0.1", "HTTP bind address", "HOST"),
     log_level: str = _opt("warning", "debug, info, warning or error", "LOG_LEVEL"),
+    allowed_origin: list[str] = _opt(
+        [],
+        "browser origin allowed to connect (repeatable; the hub's own is always)",
+        "ALLOWED_ORIGIN",
+    ),
+    anonymous_devices: bool = _opt(
+        True,
+        "accept devices without credentials from loopback (default tenant)",
+        "ANONYMOUS_DEVICES",
+    ),
+    device_auth: bool = _opt(
+        False, "embedded broker: per-device credentials and ACL, no anonymous", "DEVICE_AUTH"
+    ),
+    ws_max_per_user: int = _opt(
+        100, "WebSocket connections per user (0: no cap)", "WS_MAX_PER_USER"
+    ),
+    ws_max_connections: int = _opt(10_000, "WebSocket connections in all", "WS_MAX_CONNECTIONS"),
+    ws_messages_per_s: float = _opt(
+        50.0, "client messages per second per WebSocket", "WS_MESSAGES_PER_S"
+    ),
+    jwt_secret: str | None = _opt(
+        None,
+        "HS256 secret (default: DATA_DIR/jwt.secret); instances must share it",
+        "JWT_SECRET",
+    ),
+    jwt_algorithm: str = _opt("HS256", "HS256, RS256 or ES256", "JWT_ALGORITHM"),
+    jwt_private_key: Path | None = _opt(None, "PEM private key (RS256/ES256)", "JWT_PRIVATE_KEY"),
+    jwt_public_key: Path | None = _opt(None, "PEM public key (RS256/ES256)", "JWT_PUBLIC_KEY"),
     config: Path | None = _opt(None, CONFIG_HELP, "CONFIG"),
 ) -> None:
     """Run the hub against an external MQTT broker (no embedded broker): production and

@@ -32,7 +32,7 @@ def row(page: Page, device_id: str):  # type: ignore[no-untyped-def]
 
 async def test_live_values_and_status_badges(hub, browser: Browser) -> None:  # type: ignore[no-untyped-def]
     page = await browser.new_page()
-    await page.goto(hub.http_url + "/")
+    await page.goto(hub.http_url + "/login?code=" + hub.runtime.identity.login_code())
     await expect(page.get_by_test_id("connection")).to_have_text("live")
     await expect(page.get_by_test_id("empty")).to_be_visible()
     async with paho_client(hub.mqtt_port) as client:
@@ -67,7 +67,7 @@ async def test_falls_back_to_rest_polling_when_websocket_is_down(hub, browser: B
         ws.connect_to_server()
 
     await page.route_web_socket("**/ws", gate)
-    await page.goto(hub.http_url + "/")
+    await page.goto(hub.http_url + "/login?code=" + hub.runtime.identity.login_code())
     await expect(page.get_by_test_id("connection")).to_have_text("polling", timeout=10_000)
     await expect(row(page, "p1").locator('[data-metric="soc"] .v')).to_have_text("12.5")
     async with paho_client(hub.mqtt_port) as client:
@@ -76,3 +76,18 @@ async def test_falls_back_to_rest_polling_when_websocket_is_down(hub, browser: B
     # The WebSocket comes back: the page goes live again.
     blocked = False
     await expect(page.get_by_test_id("connection")).to_have_text("live", timeout=20_000)
+
+
+async def test_signed_out_page_says_how_to_sign_in_and_gets_no_data(hub, browser: Browser) -> None:  # type: ignore[no-untyped-def]
+    async with paho_client(hub.mqtt_port) as client:
+        await publish(client, "edge/secret1/telemetry", {"v": 1})
+    page = await browser.new_page()
+    await page.goto(hub.http_url + "/")
+    await expect(page.get_by_test_id("connection")).to_contain_text("signed out", timeout=10_000)
+    assert await page.locator('tr[data-device-id="secret1"]').count() == 0
+    # A used login link does not work twice.
+    code = hub.runtime.identity.login_code()
+    first = await page.goto(hub.http_url + "/login?code=" + code)
+    assert first is not None and first.ok
+    second = await page.goto(hub.http_url + "/login?code=" + code)
+    assert second is not None and second.status == 401

@@ -42,7 +42,7 @@ MQTT_CASES: list[tuple[str, bytes, str]] = [
 
 
 async def test_mqtt_bad_input_is_counted_and_valid_traffic_survives(hub) -> None:  # type: ignore[no-untyped-def]
-    async with ws_client(hub.ws_url) as ws:
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.subscribe("device:m1")
         async with paho_client(hub.mqtt_port) as client:
             seq = 0
@@ -68,7 +68,7 @@ async def test_mqtt_bad_input_is_counted_and_valid_traffic_survives(hub) -> None
     assert counters.rejected == expected
     assert counters.stored == valid and counters.dropped == {}
     assert counters.stored + counters.rejected_total + counters.dropped_total == counters.received
-    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         history = (await http.get("/api/devices/m1/telemetry", params={"limit": 1000})).json()
         assert [p["v"] for p in history["points"]] == list(range(1, valid + 1))
         metrics = (await http.get("/metrics")).text
@@ -94,7 +94,7 @@ HTTP_CASES: list[tuple[bytes, int, str, str]] = [
 
 @pytest.mark.parametrize(("body", "status", "code", "path"), HTTP_CASES)
 async def test_http_bad_input(hub, body: bytes, status: int, code: str, path: str) -> None:  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         response = await http.post("/api/telemetry", content=body,
                                    headers={"content-type": "application/json"})
         assert response.status_code == status
@@ -108,7 +108,7 @@ async def test_http_bad_input(hub, body: bytes, status: int, code: str, path: st
 
 
 async def test_http_mixed_batch_duplicates_and_size_limits(hub) -> None:  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         mixed = await http.post("/api/telemetry", json=[
             {"device_id": "h2", "seq": 1, "v": 1}, {"device_id": "h2", "v": "x" * 2000},
             {"device_id": "h2", "seq": 2, "v": 2}])
@@ -134,7 +134,7 @@ async def test_http_mixed_batch_duplicates_and_size_limits(hub) -> None:  # type
 
 
 async def test_rest_errors_are_json(hub) -> None:  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         await http.post("/api/telemetry", json={"device_id": "r1", "v": 1})
         cases = [
             ("/api/devices/nobody", 404, "not_found"),
@@ -153,7 +153,7 @@ async def test_rest_errors_are_json(hub) -> None:  # type: ignore[no-untyped-def
 
 
 async def test_websocket_mistakes_get_error_frames_and_the_connection_keeps_working(hub) -> None:  # type: ignore[no-untyped-def]
-    async with ws_client(hub.ws_url) as ws:
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         for raw, code in [("nope", "invalid_json"), ("[1]", "bad_message"),
                           ('{"type": "dance"}', "unknown_type"),
                           ('{"type": "subscribe", "channel": "device:bad id"}', "bad_channel"),
@@ -171,11 +171,11 @@ async def test_websocket_mistakes_get_error_frames_and_the_connection_keeps_work
 
 
 async def test_oversized_websocket_message_closes_with_1009(hub) -> None:  # type: ignore[no-untyped-def]
-    async with connect(hub.ws_url, max_size=None) as ws:
+    async with connect(hub.ws_url, max_size=None, additional_headers=hub.auth) as ws:
         await ws.recv()
         await ws.send("x" * (65 * 1024))
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
-    async with ws_client(hub.ws_url) as other:  # the hub is fine
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as other:  # the hub is fine
         assert (await other.subscribe("all"))["type"] == "subscribed"

@@ -73,7 +73,9 @@ def test_sigterm_flushes_every_accepted_record(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         received = 0.0
         while received < 500 and time.monotonic() < deadline:
-            metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
+            token = (tmp_path / "data" / "admin.token").read_text().strip()
+            metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics",
+                                headers={"Authorization": f"Bearer {token}"}).text
             received = next(float(line.split()[1]) for line in metrics.splitlines()
                             if line.startswith("fieldlink_ingest_received_total"))
         assert received == 500

@@ -23,7 +23,7 @@ from tests.support.clients import WsClient, wait_until, ws_client
 async def fleet(n: int, hub: Any, mqtt_url: str | None = None, first: int = 1,
                 **kw: Any) -> AsyncIterator[list[SimulatedDevice]]:
     """``n`` simulated devices (``sim-<first>``, ...) connected and registered with ``hub``."""
-    async with httpx.AsyncClient(base_url=hub.http_url, timeout=5.0) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth, timeout=5.0) as http:
         devices = [SimulatedDevice(NodeModel.create(device_id(first + i), seed=1),
                                    mqtt_url=mqtt_url or hub.mqtt_url, http=http, **kw)
                    for i in range(n)]
@@ -52,14 +52,14 @@ async def command_events(ws: WsClient, command_id: str, timeout: float = 15) -> 
 
 
 async def test_ack_carries_the_result_and_every_stage(hub) -> None:  # type: ignore[no-untyped-def]
-    async with fleet(1, hub) as (device,), ws_client(hub.ws_url) as ws:
+    async with fleet(1, hub) as (device,), ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.send({"type": "command", "id": "c1", "device": device.id, "action": "charge",
                        "params": {"setpoint_kw": 2.5}})
         events = await command_events(ws, "c1")
         assert [e["status"] for e in events] == ["pending", "sent", "acked"]
         assert events[-1]["result"] == {"mode": "charge", "setpoint_kw": 2.5}
         assert device.model.battery.mode == "charge"
-        async with httpx.AsyncClient(base_url=hub.http_url) as http:
+        async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
             logged = (await http.get("/api/commands/c1")).json()
             history = (await http.get(f"/api/devices/{device.id}/commands")).json()
     assert logged["status"] == "acked" and set(logged["stages"]) == {"pending", "sent", "acked"}
@@ -70,7 +70,7 @@ async def test_ack_carries_the_result_and_every_stage(hub) -> None:  # type: ign
 
 async def test_device_failure_reason_reaches_the_client(hub) -> None:  # type: ignore[no-untyped-def]
     async with fleet(1, hub, command_behavior="fail") as (device,), \
-            ws_client(hub.ws_url) as ws:
+            ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.send({"type": "command", "id": "n1", "device": device.id, "action": "idle"})
         events = await command_events(ws, "n1")
     assert events[-1]["status"] == "failed"
@@ -78,7 +78,7 @@ async def test_device_failure_reason_reaches_the_client(hub) -> None:  # type: i
 
 
 async def test_action_the_device_cannot_do_fails_with_its_words(hub) -> None:  # type: ignore[no-untyped-def]
-    async with fleet(1, hub) as (device,), httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with fleet(1, hub) as (device,), httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         answer = await http.post(f"/api/devices/{device.id}/commands", params={"wait": "true"},
                                  json={"action": "fly", "params": {}})
     assert answer.status_code == 200
@@ -88,7 +88,7 @@ async def test_action_the_device_cannot_do_fails_with_its_words(hub) -> None:  #
 
 async def test_no_answer_times_out_at_the_default_10_s(make_hub) -> None:  # type: ignore[no-untyped-def]
     async with make_hub() as hub, fleet(1, hub, command_behavior="ignore") as (device,), \
-            ws_client(hub.ws_url) as ws:
+            ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.send({"type": "command", "id": "t10", "device": device.id, "action": "idle"})
         events = await command_events(ws, "t10", timeout=15)
     assert [e["status"] for e in events] == ["pending", "sent", "timeout"]
@@ -100,7 +100,7 @@ async def test_no_answer_times_out_at_the_default_10_s(make_hub) -> None:  # typ
 
 async def test_shorter_configured_timeout_and_a_late_ack_that_changes_nothing(hub) -> None:  # type: ignore[no-untyped-def]
     async with fleet(1, hub, command_behavior="late", late_ack_s=2.0) as (device,), \
-            ws_client(hub.ws_url) as ws:
+            ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.send({"type": "command", "id": "late1", "device": device.id, "action": "idle",
                        "timeout_ms": 1000})
         events = await command_events(ws, "late1")
@@ -110,7 +110,7 @@ async def test_shorter_configured_timeout_and_a_late_ack_that_changes_nothing(hu
         await wait_until(lambda: device.acks_sent == 1, timeout=5, what="the late ack")
         service = hub.runtime.commands
         await wait_until(lambda: service.counters.late_acks == 1, timeout=5)
-        async with httpx.AsyncClient(base_url=hub.http_url) as http:
+        async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
             logged = (await http.get("/api/commands/late1")).json()
             metrics = (await http.get("/metrics")).text
     assert logged["status"] == "timeout"
@@ -119,7 +119,7 @@ async def test_shorter_configured_timeout_and_a_late_ack_that_changes_nothing(hu
 
 
 async def test_invalid_and_unknown_commands_are_rejected(hub) -> None:  # type: ignore[no-untyped-def]
-    async with ws_client(hub.ws_url) as ws, httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws, httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         await ws.send({"type": "command", "id": "bad1", "device": "x", "action": "1nope"})
         refused = await ws.recv_until(lambda m: m.get("type") == "command")
         assert refused == {"type": "command", "status": "rejected", "reason": "invalid_action",
@@ -130,7 +130,8 @@ async def test_invalid_and_unknown_commands_are_rejected(hub) -> None:  # type: 
         await ws.send({"type": "command", "id": "ghost1", "device": "ghost", "action": "idle"})
         dup = await ws.recv_until(lambda m: m.get("type") == "command" and "channel" not in m)
         assert dup["reason"] == "duplicate_id"
-        too_long = await http.post("/api/devices/ghost/commands",
+        assert (await http.post("/api/telemetry", json={"device_id": "real1", "v": 1})).is_success
+        too_long = await http.post("/api/devices/real1/commands",
                                    json={"action": "idle", "timeout_ms": 10_000_000})
         unknown = await http.post("/api/devices/ghost/commands", json={"action": "idle"})
         missing = await http.get("/api/commands/nope")
@@ -144,7 +145,7 @@ async def test_offline_device_fails_at_once_unless_queued(hub) -> None:  # type:
         pass  # connected, registered, then stopped: it published "offline"
     runtime = hub.runtime
     await wait_until(lambda: runtime.status.status(device.id) == "offline", timeout=5)
-    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         started = time.monotonic()
         at_once = await http.post(f"/api/devices/{device.id}/commands", json={"action": "idle"})
         assert time.monotonic() - started < 1.0
@@ -167,7 +168,7 @@ async def test_ack_handled_by_another_instance_reaches_the_requester(  # type: i
                   mqtt_shared_group="hubs")
     async with make_hub(**common, data_dir=tmp_path / "a") as a, \
             make_hub(**common, data_dir=tmp_path / "b") as b, \
-            fleet(4, a, mqtt_url=mosquitto.url) as devices, ws_client(a.ws_url) as ws:
+            fleet(4, a, mqtt_url=mosquitto.url) as devices, ws_client(a.ws_url, additional_headers=a.auth) as ws:
         ids = [f"x{i}" for i in range(12)]
         for i, command_id in enumerate(ids):
             await ws.send({"type": "command", "id": command_id,
@@ -197,7 +198,7 @@ async def test_hub_restart_while_commands_are_pending(  # type: ignore[no-untype
                 fleet(1, hub, ack_delay_s=1.0))
             (silent,) = await devices_stack.enter_async_context(
                 fleet(1, hub, first=2, command_behavior="ignore"))
-            async with httpx.AsyncClient(base_url=hub.http_url) as http:
+            async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
                 r1 = await http.post(f"/api/devices/{answering.id}/commands",
                                      json={"id": "r1", "action": "idle", "timeout_ms": 8000})
                 r2 = await http.post(f"/api/devices/{silent.id}/commands",
@@ -207,7 +208,7 @@ async def test_hub_restart_while_commands_are_pending(  # type: ignore[no-untype
         await wait_until(lambda: answering.acks_sent == 1, timeout=5, what="ack while down")
         await asyncio.sleep(1.0)  # r2's deadline passes while no hub runs
         async with make_hub(**settings) as hub, \
-                httpx.AsyncClient(base_url=hub.http_url) as http:
+                httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
             async def terminal(command_id: str) -> dict[str, Any]:
                 deadline = time.monotonic() + 10
                 while True:
@@ -233,10 +234,10 @@ async def test_100_concurrent_commands_with_a_device_drop_and_a_broker_restart( 
         hub = await stack.enter_async_context(make_hub(mqtt_url=mosquitto.url,
                                                        data_dir=tmp_path / "hub"))
         devices = await stack.enter_async_context(fleet(100, hub, ack_delay_s=1.0))
-        watcher = await stack.enter_async_context(ws_client(hub.ws_url))
+        watcher = await stack.enter_async_context(ws_client(hub.ws_url, additional_headers=hub.auth))
         await watcher.subscribe("all")
-        requester = await stack.enter_async_context(ws_client(hub.ws_url))
-        http = await stack.enter_async_context(httpx.AsyncClient(base_url=hub.http_url))
+        requester = await stack.enter_async_context(ws_client(hub.ws_url, additional_headers=hub.auth))
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth))
         for i in range(100):
             await requester.send({"type": "command", "id": f"k{i:03d}", "device": devices[i].id,
                                   "action": "setpoint", "params": {"kw": i - 50},

@@ -33,7 +33,7 @@ async def test_redis_sigkill_loses_nothing_and_clients_catch_up(  # type: ignore
                 mqtt_shared_group="hubs", data_dir=tmp_path / f"hub{i}"))
             for i in (1, 2)
         ]
-        watcher = await stack.enter_async_context(ws_client(hubs[0].ws_url))
+        watcher = await stack.enter_async_context(ws_client(hubs[0].ws_url, additional_headers=hubs[0].auth))
         await watcher.subscribe("all")
         stream = Stream(mosquitto.port, DEVICES, rate=200)
         stream.start()
@@ -101,7 +101,7 @@ async def test_postgres_stopped_for_10_s_loses_nothing(  # type: ignore[no-untyp
         http_sent: list[tuple[str, int]] = []
         refused = 0
         retry_after: set[str] = set()
-        async with httpx.AsyncClient(base_url=hub.http_url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth, timeout=10) as http:
 
             async def post_until_stored(device: str, seq: int) -> None:
                 """An HTTP device: retries what it was told to retry."""
@@ -204,7 +204,9 @@ async def test_hub_sigkill_during_qos1_ingest_loses_nothing(  # type: ignore[no-
         lock = locker.transaction()
         await lock.start()
         await locker.execute("LOCK TABLE telemetry IN EXCLUSIVE MODE")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{a_port}") as http:
+        token = (tmp_path / "a" / "admin.token").read_text().strip()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{a_port}",
+                                     headers={"Authorization": f"Bearer {token}"}) as http:
             deadline = time.monotonic() + 10
             while _metric((await http.get("/metrics")).text, "fieldlink_ingest_pending") < 50:
                 assert time.monotonic() < deadline, "instance A never had pending writes"

@@ -19,7 +19,7 @@ from tests.support.clients import paho_client, publish, wait_until, ws_client
 
 
 async def test_device_channel_gets_only_its_device_and_all_gets_everything(hub) -> None:  # type: ignore[no-untyped-def]
-    async with ws_client(hub.ws_url) as one, ws_client(hub.ws_url) as everything:
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as one, ws_client(hub.ws_url, additional_headers=hub.auth) as everything:
         sub = await one.subscribe("device:a")
         assert sub["snapshot"] == {"device_id": "a", "status": "unknown", "latest": None}
         assert (await everything.subscribe("all"))["snapshot"] == {"devices": []}
@@ -41,7 +41,7 @@ async def test_sequence_numbers_increase_per_channel_and_snapshot_carries_latest
         await publish(mqtt, "edge/s1/telemetry", {"v": 1})
         # The PUBACK came from the broker; wait until the hub has the record.
         await wait_until(lambda: hub.runtime.ingestor.counters.received == 1)
-        async with ws_client(hub.ws_url) as ws:
+        async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
             sub = await ws.subscribe("device:s1")
             assert sub["snapshot"]["latest"]["v"] == 1
             assert sub["snapshot"]["status"] == "online"
@@ -58,7 +58,7 @@ async def test_sequence_numbers_increase_per_channel_and_snapshot_carries_latest
 
 
 async def test_unsubscribe_stops_events(hub) -> None:  # type: ignore[no-untyped-def]
-    async with ws_client(hub.ws_url) as ws:
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.subscribe("device:u1")
         await ws.subscribe("device:u2")
         await ws.send({"type": "unsubscribe", "channel": "device:u1", "id": "x"})
@@ -72,13 +72,13 @@ async def test_unsubscribe_stops_events(hub) -> None:  # type: ignore[no-untyped
 
 
 async def test_ping_message_is_answered(hub) -> None:  # type: ignore[no-untyped-def]
-    async with ws_client(hub.ws_url) as ws:
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.send({"type": "ping", "id": 5})
         pong = await ws.recv()
         assert pong["type"] == "pong" and pong["id"] == 5 and isinstance(pong["server_time"], int)
 
 
-def _raw_ws_connect(port: int) -> socket.socket:
+def _raw_ws_connect(port: int, token: str) -> socket.socket:
     """A bare WebSocket client with a tiny receive buffer, so it can stop reading for real."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -86,6 +86,7 @@ def _raw_ws_connect(port: int) -> socket.socket:
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Authorization: Bearer {token}\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     head = b""
@@ -128,9 +129,9 @@ def _read_close_code(sock: socket.socket) -> int | None:
 
 async def test_slow_consumer_is_closed_with_its_code_while_a_reader_gets_the_latest(make_hub) -> None:  # type: ignore[no-untyped-def]
     async with make_hub(ws_max_pending_bytes=128 * 1024, ws_slow_timeout_s=1.0) as hub:
-        slow = await asyncio.to_thread(_raw_ws_connect, hub.http_port)
+        slow = await asyncio.to_thread(_raw_ws_connect, hub.http_port, hub.token)
         try:
-            async with ws_client(hub.ws_url, max_size=None) as good:
+            async with ws_client(hub.ws_url, additional_headers=hub.auth, max_size=None) as good:
                 await good.subscribe("all")
                 await wait_until(lambda: hub.runtime.hub.subscriber_count("all") == 2)
                 bulk = {f"b{k}": "x" * 1000 for k in range(16)}  # 16 KB within the string limit
@@ -158,7 +159,7 @@ async def test_slow_consumer_is_closed_with_its_code_while_a_reader_gets_the_lat
 
 async def test_shutdown_closes_clients_with_going_away(make_hub) -> None:  # type: ignore[no-untyped-def]
     async with make_hub() as hub:
-        ws = await connect(hub.ws_url)
+        ws = await connect(hub.ws_url, additional_headers=hub.auth)
         await ws.recv()
     with pytest.raises(ConnectionClosed) as closed:
         await asyncio.wait_for(ws.recv(), 5)

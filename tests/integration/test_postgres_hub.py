@@ -28,7 +28,7 @@ async def test_hub_on_postgres_stores_and_serves_history(make_hub, pg_url: str) 
         counters = hub.runtime.ingestor.counters
         await wait_until(lambda: counters.received == 6)
         await hub.runtime.ingestor.settled()
-        async with httpx.AsyncClient(base_url=hub.http_url) as http:
+        async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
             posted = await http.post("/api/telemetry", json=[{"device_id": "pg1", "seq": 6, "v": 9.0},
                                                              {"device_id": "pg1", "seq": 6, "v": 9.0}])
             assert posted.status_code == 200 and posted.json()["stored"] == 1
@@ -47,7 +47,7 @@ async def test_fleet_chart_endpoint_on_postgres(make_hub, pg_url: str) -> None: 
         now = hub.runtime.ingestor.clock_ms()
         body = [{"device_id": f"fl{i % 3}", "seq": i, "ts": now - 120_000 + i * 1000,
                  "power_kw": float(i), "soc": 50} for i in range(60)]
-        async with httpx.AsyncClient(base_url=hub.http_url) as http:
+        async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
             assert (await http.post("/api/telemetry", json=body)).status_code == 200
             chart = await http.get("/api/fleet/telemetry",
                                    params={"agg": "sum", "metric": "power_kw"})

@@ -22,7 +22,7 @@ def test_example_routes_file_loads() -> None:
 
 async def test_gas_sensor_route_normalizes_vendor_payload(make_hub) -> None:  # type: ignore[no-untyped-def]
     async with make_hub(routes_file=EXAMPLE) as hub:
-        async with ws_client(hub.ws_url) as ws:
+        async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
             assert (await ws.subscribe("device:ST-4411"))["type"] == "subscribed"
             async with paho_client(hub.mqtt_port) as mqtt:
                 await publish(mqtt, "SubTronics/data", VENDOR)

@@ -26,7 +26,7 @@ async def test_three_instances_store_once_and_fan_out_everywhere(  # type: ignor
                 mqtt_shared_group="hubs", data_dir=tmp_path / f"hub{i}"))
             for i in (1, 2, 3)
         ]
-        watcher = await stack.enter_async_context(ws_client(hubs[0].ws_url))
+        watcher = await stack.enter_async_context(ws_client(hubs[0].ws_url, additional_headers=hubs[0].auth))
         assert (await watcher.subscribe("all"))["type"] == "subscribed"
 
         devices = [f"so-{i:02d}" for i in range(30)]
@@ -53,7 +53,7 @@ async def test_three_instances_store_once_and_fan_out_everywhere(  # type: ignor
         assert all(n > 0 for n in stored_by), f"every instance takes a share: {stored_by}"
 
         # Read models everywhere: instance 3's REST knows every device and its latest value.
-        async with httpx.AsyncClient(base_url=hubs[2].http_url) as http:
+        async with httpx.AsyncClient(base_url=hubs[2].http_url, headers=hubs[2].auth) as http:
             listed = (await http.get("/api/devices")).json()
             assert {d["device_id"] for d in listed["devices"]} == set(devices)
             last = max(seq for device, seq in acked if device == "so-07")
@@ -80,11 +80,11 @@ async def test_first_event_after_start_is_not_lost(  # type: ignore[no-untyped-d
     moment a second instance is up reaches the first instance's clients."""
     async with make_hub(mqtt_url=mosquitto.url, redis_url=redis_server.url,
                         mqtt_shared_group="g", data_dir=tmp_path / "a") as a:
-        async with ws_client(a.ws_url) as ws:
+        async with ws_client(a.ws_url, additional_headers=a.auth) as ws:
             await ws.subscribe("device:first")
             async with make_hub(mqtt_url=mosquitto.url, redis_url=redis_server.url,
                                 data_dir=tmp_path / "b") as b:
-                async with httpx.AsyncClient(base_url=b.http_url) as http:
+                async with httpx.AsyncClient(base_url=b.http_url, headers=b.auth) as http:
                     answer = await http.post("/api/telemetry",
                                              json={"device_id": "first", "seq": 1, "v": 1})
                     assert answer.status_code == 200

@@ -28,8 +28,8 @@ async def devices(n: int, mqtt_url: str, http_url: str, **kw) -> AsyncIterator[l
                 await d.stop()
 
 
-async def stored_seqs(http_url: str, device: str) -> list[int]:
-    async with httpx.AsyncClient(base_url=http_url) as http:
+async def stored_seqs(hub, device: str) -> list[int]:  # type: ignore[no-untyped-def]
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         response = await http.get(f"/api/devices/{device}/telemetry", params={"limit": 10000})
     return [p["seq"] for p in response.json()["points"]]
 
@@ -45,7 +45,7 @@ async def test_fleet_registers_and_stores(hub) -> None:  # type: ignore[no-untyp
     registered = hub.runtime.ingestor.devices
     assert sorted(registered) == ["sim-001", "sim-002", "sim-003"]
     assert registered["sim-001"].meta == fleet[0].model.meta
-    assert await stored_seqs(hub.http_url, "sim-002") == [1, 2]
+    assert await stored_seqs(hub, "sim-002") == [1, 2]
     # stop() published a retained offline status
     await wait_until(lambda: hub.runtime.status.status("sim-003") == "offline")
 
@@ -69,4 +69,4 @@ async def test_mqtt_failures_fall_back_to_http_and_recover(mosquitto, make_hub) 
         assert delivered == [1, 2, 3, 4, 5, 6]
         await wait_until(lambda: hub.runtime.ingestor.counters.stored >= 6, timeout=10)
         await hub.runtime.ingestor.settled()
-        assert await stored_seqs(hub.http_url, device.id) == [1, 2, 3, 4, 5, 6]
+        assert await stored_seqs(hub, device.id) == [1, 2, 3, 4, 5, 6]

@@ -17,7 +17,7 @@ async def recv_json(ws, timeout: float = 5.0):  # type: ignore[no-untyped-def]
 
 
 async def test_paho_publish_reaches_ws_subscriber_and_history(hub: RunningHub) -> None:
-    async with connect(hub.ws_url) as ws:
+    async with connect(hub.ws_url, additional_headers=hub.auth) as ws:
         hello = await recv_json(ws)
         assert hello["type"] == "connected"
         await ws.send(json.dumps({"type": "subscribe", "channel": "device:n1"}))
@@ -43,7 +43,7 @@ async def test_paho_publish_reaches_ws_subscriber_and_history(hub: RunningHub) -
         assert telemetry["data"]["temp"] == 21.5 and telemetry["data"]["seq"] == 7
 
     await hub.runtime.ingestor.settled()
-    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         response = await http.get("/api/devices/n1/telemetry")
     assert response.status_code == 200
     points = response.json()["points"]
@@ -51,7 +51,7 @@ async def test_paho_publish_reaches_ws_subscriber_and_history(hub: RunningHub) -
 
 
 async def test_openapi_docs_health_and_metrics(hub: RunningHub) -> None:
-    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         docs = await http.get("/docs")
         spec = (await http.get("/openapi.json")).json()
         health = (await http.get("/health")).json()
@@ -73,7 +73,7 @@ async def test_health_is_degraded_while_the_broker_is_away(mosquitto, make_hub) 
     from tests.support.clients import wait_until
 
     async with make_hub(mqtt_url=mosquitto.url) as hub:
-        async with httpx.AsyncClient(base_url=hub.http_url) as http:
+        async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
             mosquitto.stop()
             await wait_until(lambda: not hub.runtime.mqtt.connected.is_set())
             response = await http.get("/health")

@@ -10,7 +10,7 @@ from tests.support.clients import paho_client, publish, wait_until, ws_client
 
 
 async def test_status_topic_plain_and_json_and_rest(hub) -> None:  # type: ignore[no-untyped-def]
-    async with ws_client(hub.ws_url) as ws:
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.subscribe("device:st1")
         async with paho_client(hub.mqtt_port) as client:
             await publish(client, "edge/st1/status", "online", retain=True)
@@ -23,13 +23,13 @@ async def test_status_topic_plain_and_json_and_rest(hub) -> None:  # type: ignor
     assert (online["data"]["status"], online["data"]["reason"]) == ("online", "reported")
     assert offline["data"]["status"] == "offline"
     assert offline["seq"] == online["seq"] + 1
-    async with httpx.AsyncClient(base_url=hub.http_url) as http:
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         device = (await http.get("/api/devices/st1")).json()
     assert device["status"] == "offline"
 
 
 async def test_last_will_marks_device_offline(hub) -> None:  # type: ignore[no-untyped-def]
-    async with ws_client(hub.ws_url) as ws:
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
         await ws.subscribe("device:lw1")
         device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="lw1")
         device.will_set("edge/lw1/status", "offline", qos=1, retain=True)
@@ -52,7 +52,7 @@ async def test_last_will_marks_device_offline(hub) -> None:  # type: ignore[no-u
 
 async def test_silence_longer_than_timeout_means_offline(make_hub) -> None:  # type: ignore[no-untyped-def]
     async with make_hub(silence_timeout_s=0.5, status_sweep_s=0.05) as hub:
-        async with ws_client(hub.ws_url) as ws:
+        async with ws_client(hub.ws_url, additional_headers=hub.auth) as ws:
             await ws.subscribe("device:quiet")
             async with paho_client(hub.mqtt_port) as client:
                 await publish(client, "edge/quiet/telemetry", {"v": 1})

@@ -36,7 +36,21 @@ class Settings:
     log_level: str = "info"
     command_timeout_s: float = 10.0  # default answer deadline of a command
     command_sweep_s: float = 0.1  # how often deadlines are enforced
-    stop_timeout_s: float = 10.0  # how long shutdown waits for pending writes
+    stop_timeout_s: float = 10.0
+    # ---- security (docs/security.md) ----
+    allowed_origins: tuple[str, ...] = ()  # besides the hub's own http://HOST:PORT
+    anonymous_devices: bool = True  # devices without credentials, from loopback only
+    device_auth: bool = False  # embedded broker: per-device credentials and ACL, no anonymous
+    device_rate_per_s: float = 20.0  # HTTP ingest requests per device
+    device_rate_burst: float = 40.0
+    ws_max_connections: int = 10_000
+    ws_max_per_user: int = 100  # 0: no per-user cap
+    ws_messages_per_s: float = 50.0  # per connection
+    handshake_timeout_s: float = 10.0  # a request's headers must arrive within this
+    jwt_algorithm: str = "HS256"
+    jwt_secret: str | None = None  # None: <data_dir>/jwt.secret (created on first start)
+    jwt_private_key_file: Path | None = None  # RS256 / ES256
+    jwt_public_key_file: Path | None = None  # how long shutdown waits for pending writes
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'fieldlink.db').resolve()}"

@@ -13,8 +13,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fieldlink.api.auth import Auth
 from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
 from fieldlink.core import channels
+from fieldlink.core.access import Principal, can_command, can_read, can_subscribe
 from fieldlink.core.errors import FieldlinkError, ValidationError
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
@@ -30,6 +32,14 @@ from fieldlink.mqtt.broker import EmbeddedBroker
 from fieldlink.mqtt.listener import MqttIngest
 from fieldlink.ports import Bus, Cache, Store
 from fieldlink.services.commands import CommandService, new_command_id
+from fieldlink.services.identity import (
+    Forbidden,
+    IdentityService,
+    TokenConfig,
+    TokenService,
+    Unauthorized,
+    load_or_create_secret,
+)
 from fieldlink.services.ingest import Ingestor
 from fieldlink.services.views import DeviceViews
 
@@ -71,6 +81,22 @@ def load_routes(path: Path | None) -> tuple[Route, ...]:
     return tuple(
         route_from_config(f"route{i}", cfg) for i, cfg in enumerate(config.get("routes", []))
     )
+
+
+def token_config(settings: Settings) -> TokenConfig:
+    """JWT settings: HS256 with the configured secret or ``<data-dir>/jwt.secret``, or
+    RS256/ES256 with PEM key files. Several instances must share the secret or keys."""
+    algorithm = settings.jwt_algorithm
+    if algorithm == "HS256":
+        secret = (
+            settings.jwt_secret.encode()
+            if settings.jwt_secret
+            else load_or_create_secret(settings.data_dir)
+        )
+        return TokenConfig(algorithm, secret=secret)
+    private = settings.jwt_private_key_file.read_text() if settings.jwt_private_key_file else None
+    public = settings.jwt_public_key_file.read_text() if settings.jwt_public_key_file else None
+    return TokenConfig(algorithm, private_key=private, public_key=public)
 
 
 class Runtime:
@@ -134,10 +160,24 @@ class Runtime:
                 log.warning("redis is back: cache rebuilt with %d devices", rebuilt)
 
             self.redis_bus.on_reconnect.append(rebuild_cache)
+        self.identity = IdentityService(self.store, TokenService(token_config(settings)))
+        self.ingestor.credential_tenant = self.identity.credential_tenant
+        self.auth = Auth(self)
+        self.auth.allow_own_origins(
+            {settings.http_host, "127.0.0.1", "localhost"}, settings.http_port
+        )
+        self.hub.authorize = self._may_subscribe
+        self.hub.on_auth = self._ws_refresh
+        self.hub.messages_per_s = settings.ws_messages_per_s
+        self.hub.messages_burst = max(1.0, settings.ws_messages_per_s * 2)
+        self.admin_token_path: Path | None = None
         self.gateway_settings = GatewaySettings(
             path=settings.ws_path,
             max_message_bytes=settings.limits.max_payload_bytes,
             ping_interval_s=settings.ws_ping_interval_s,
+            authenticate=self.auth.websocket,
+            max_connections=settings.ws_max_connections,
+            max_per_subject=settings.ws_max_per_user,
         )
         self.ws_protocol = websocket_protocol_factory(self.hub, self.gateway_settings)
         self.broker: EmbeddedBroker | None = None
@@ -154,6 +194,8 @@ class Runtime:
             await self.broker.start()
             self.mqtt_url = self.broker.url
         await self.store.start()
+        await self.identity.load()
+        self.admin_token_path = await self.identity.bootstrap(s.data_dir)
         await self.ingestor.load()
         if self.redis_bus is not None:
             await self.redis_bus.start()  # subscribed before any ingest: no first message lost
@@ -191,6 +233,33 @@ class Runtime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _may_subscribe(self, member: Member, channel: str) -> bool:
+        principal: Principal | None = getattr(member, "principal", None)
+        if principal is None:
+            return False
+        device_tenant = None
+        if channel.startswith(channels.DEVICE_PREFIX):
+            device = self.ingestor.devices.get(channel[len(channels.DEVICE_PREFIX) :])
+            device_tenant = device.tenant_id if device is not None else None
+        return can_subscribe(principal, channel, device_tenant)
+
+    def _ws_refresh(self, member: Member, message: dict[str, Any]) -> bytes:
+        """``{"type": "auth", "token"}``: a fresh token for the same user and tenant moves the
+        connection's expiry."""
+        current: Principal | None = getattr(member, "principal", None)
+        token = message.get("token")
+        try:
+            if not isinstance(token, str) or current is None:
+                raise Unauthorized("send {'type': 'auth', 'token': ...}", code="invalid_token")
+            fresh = self.identity.authenticate(token, ("access", "service"))
+            if (fresh.subject, fresh.tenant_id) != (current.subject, current.tenant_id):
+                raise Forbidden("a refresh must be for the same user", code="forbidden")
+        except FieldlinkError as exc:
+            return protocol.error(exc.code, exc.message, message)
+        member.principal = fresh  # type: ignore[attr-defined]
+        member.expire_at(fresh.expires_ms)  # type: ignore[attr-defined]
+        return protocol.auth_ok(fresh.expires_ms, message)
+
     def _ws_command(self, member: Member, message: dict[str, Any]) -> None:
         """A ``command`` message from a WebSocket client: the client joins the command's
         private channel as soon as the id is logged, so it sees every transition."""
@@ -202,6 +271,23 @@ class Runtime:
         except ValidationError as exc:
             commands.counters.refused += 1
             member.send(protocol.command_refused(shown_id, exc.code, exc.message))
+            return
+        principal: Principal | None = getattr(member, "principal", None)
+        device = self.ingestor.devices.get(request.device_id)
+        if principal is None or (device is not None and not can_read(principal, device.tenant_id)):
+            # Another tenant's device answers like one that does not exist.
+            hub.stats.forbidden += 1
+            member.send(
+                protocol.command_refused(
+                    request.id, "unknown_device", f"device {request.device_id!r} is not registered"
+                )
+            )
+            return
+        if not can_command(principal, device.tenant_id if device else principal.tenant_id):
+            hub.stats.forbidden += 1
+            member.send(
+                protocol.command_refused(request.id, "forbidden", "your role may not send commands")
+            )
             return
         command_id = request.id or new_command_id()
 

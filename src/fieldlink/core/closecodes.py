@@ -19,6 +19,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    TOKEN_EXPIRED = 4001  # reconnect with a fresh token (or send {"type":"auth"} in time)
     SLOW_CONSUMER = 4008  # its bounded outbox overflowed: reconnect and resync
     TOO_MANY_ERRORS = 4500  # kept sending messages we cannot act on
 

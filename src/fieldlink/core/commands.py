@@ -36,9 +36,7 @@ class Status(StrEnum):
 
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset(
-        {Status.SENT, Status.REJECTED, Status.FAILED, Status.EXPIRED}
-    ),
+    Status.PENDING: frozenset({Status.SENT, Status.REJECTED, Status.FAILED, Status.EXPIRED}),
     Status.SENT: frozenset({Status.ACKED, Status.FAILED, Status.TIMEOUT}),
     Status.ACKED: frozenset(),
     Status.FAILED: frozenset(),
@@ -195,9 +193,7 @@ def expire(command: Command, now_ms: int) -> Command:
     """What the deadline does: ``sent`` becomes ``timeout`` (the device is not responding),
     ``pending`` becomes ``expired`` (it never went out)."""
     if command.status is Status.SENT:
-        return transition(
-            command, Status.TIMEOUT, now_ms, reason="timeout", error=NOT_RESPONDING
-        )
+        return transition(command, Status.TIMEOUT, now_ms, reason="timeout", error=NOT_RESPONDING)
     return transition(
         command,
         Status.EXPIRED,
@@ -281,9 +277,7 @@ def parse_request(
     return CommandRequest(command_id, device, action, params, timeout_ms, queue, queue_ms)
 
 
-def new_command(
-    request: CommandRequest, command_id: str, now_ms: int, origin: str = ""
-) -> Command:
+def new_command(request: CommandRequest, command_id: str, now_ms: int, origin: str = "") -> Command:
     """A pending command. A queued command may wait ``queue_ms`` for its device to come online
     and then has ``timeout_ms`` for the answer; otherwise the deadline is ``timeout_ms``."""
     wait = request.queue_ms if request.queue else 0

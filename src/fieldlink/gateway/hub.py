@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fieldlink.core import channels
@@ -90,6 +90,13 @@ class HubStats:
     slow_disconnects: int = 0
     conflated: int = 0
     client_errors: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # handshakes refused, by code
+    forbidden: int = 0  # subscribes and commands refused by authorization
+    rate_limited: int = 0  # client messages over the per-connection rate
+    expired: int = 0  # connections closed because their token expired
+
+    def refuse(self, code: str) -> None:
+        self.refused[code] = self.refused.get(code, 0) + 1
 
 
 SnapshotFn = Callable[[str], bytes]
@@ -123,6 +130,13 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Commands from clients go to the command service (wired by the runtime).
         self.on_command: Callable[[Member, dict[str, Any]], None] | None = None
+        # Authorization (wired by the runtime): may this member join this channel?
+        self.authorize: Callable[[Member, str], bool] | None = None
+        # A client's {"type": "auth", "token"} (token refresh); returns the reply frame.
+        self.on_auth: Callable[[Member, dict[str, Any]], bytes] | None = None
+        # Per-connection message rate (token bucket): sustained rate and burst.
+        self.messages_per_s = 50.0
+        self.messages_burst = 100.0
         self.private_channel_ttl_s = 5.0
 
     # ---- events in ----------------------------------------------------------------------
@@ -247,7 +261,11 @@ class Hub:
         self.members.add(member)
         self.stats.connected = len(self.members)
         self.stats.connections_total += 1
-        member.send(protocol.connected(member.client_id, self.clock_ms()))
+        principal = getattr(member, "principal", None)
+        identity = (
+            {"tenant": principal.tenant_id, "role": str(principal.role)} if principal else None
+        )
+        member.send(protocol.connected(member.client_id, self.clock_ms(), identity))
 
     def remove(self, member: Member) -> None:
         """Forget a member (its connection is gone). Idempotent."""
@@ -291,13 +309,27 @@ class Hub:
         """One client text message. Mistakes are answered with an error frame; the connection
         stays open."""
         message: dict[str, Any] | None = None
+        wait_s = self._take_token(member)
+        if wait_s > 0:
+            self.stats.rate_limited += 1
+            member.send(protocol.rate_limited(int(wait_s * 1000) + 1))
+            return
         try:
             message = protocol.parse_client_message(payload)
             kind = message["type"]
             if kind == "subscribe":
+                if self.authorize is not None and not self.authorize(member, message["channel"]):
+                    self.stats.forbidden += 1
+                    raise ProtocolError(
+                        "not allowed to subscribe to this channel", code="forbidden"
+                    )
                 self.subscribe(member, message["channel"], message)
             elif kind == "unsubscribe":
                 self.unsubscribe(member, message["channel"], message)
+            elif kind == "auth":
+                if self.on_auth is None:
+                    raise ProtocolError("authentication is off here", code="unsupported")
+                member.send(self.on_auth(member, message))
             elif kind == "command":
                 if self.on_command is None:
                     raise ProtocolError("commands are not enabled here", code="unsupported")
@@ -307,6 +339,21 @@ class Hub:
         except ProtocolError as exc:
             self.stats.client_errors += 1
             member.send(protocol.error(exc.code, exc.message, message))
+
+    def _take_token(self, member: Member) -> float:
+        """Token bucket per member: 0 if the message may go, else seconds to wait."""
+        now = time.monotonic()
+        tokens, last = getattr(member, "bucket", (self.messages_burst, now))
+        tokens = min(self.messages_burst, tokens + (now - last) * self.messages_per_s)
+        if tokens < 1.0:
+            member.bucket = (tokens, now)  # type: ignore[attr-defined]
+            return (1.0 - tokens) / self.messages_per_s
+        member.bucket = (tokens - 1.0, now)  # type: ignore[attr-defined]
+        return 0.0
+
+    def count_subject(self, subject: str) -> int:
+        """Open connections authenticated as ``subject`` (per-user cap)."""
+        return sum(1 for m in self.members if getattr(m, "subject", None) == subject)
 
     def join_private(self, member: Member, name: str) -> None:
         """Add a member to a private channel (a command's requester) without a reply. The

@@ -14,7 +14,7 @@ from fieldlink.core import channels
 from fieldlink.core.errors import ProtocolError
 
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
-CLIENT_TYPES = ("subscribe", "unsubscribe", "ping", "command")
+CLIENT_TYPES = ("subscribe", "unsubscribe", "ping", "command", "auth")
 
 
 def parse_client_message(payload: bytes) -> dict[str, Any]:
@@ -45,9 +45,29 @@ def _with_id(body: dict[str, Any], request: dict[str, Any] | None) -> dict[str, 
     return body
 
 
-def connected(client_id: str, server_time_ms: int) -> bytes:
+def connected(client_id: str, server_time_ms: int, identity: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "type": "connected",
+        "client_id": client_id,
+        "server_time": server_time_ms,
+    }
+    if identity:
+        body.update(identity)
+    return orjson.dumps(body)
+
+
+def auth_ok(expires_ms: int | None, request: dict[str, Any] | None) -> bytes:
+    return orjson.dumps(_with_id({"type": "auth", "status": "ok", "expires": expires_ms}, request))
+
+
+def rate_limited(retry_after_ms: int) -> bytes:
     return orjson.dumps(
-        {"type": "connected", "client_id": client_id, "server_time": server_time_ms}
+        {
+            "type": "error",
+            "code": "rate_limited",
+            "message": "too many messages; slow down",
+            "retry_after_ms": retry_after_ms,
+        }
     )
 
 

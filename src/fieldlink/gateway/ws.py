@@ -14,19 +14,31 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
+from fieldlink.core.access import Principal
 from fieldlink.core.closecodes import CloseCode
+from fieldlink.core.errors import FieldlinkError
 from fieldlink.gateway import protocol
 from fieldlink.gateway.frames import PING_FRAME, text_frame
 from fieldlink.gateway.hub import Hub
 
 log = logging.getLogger("fieldlink.gateway")
+
+
+SUBPROTOCOL = "fieldlink.v1"
+
+# authenticate(request) -> Principal, or raises a FieldlinkError (its http_status and code
+# become the handshake's answer).
+Authenticate = Callable[[Request], Principal]
 
 
 class GatewaySettings:
@@ -36,11 +48,23 @@ class GatewaySettings:
         max_message_bytes: int = protocol.MAX_CLIENT_MESSAGE_BYTES,
         ping_interval_s: float = 20.0,
         ping_timeout_s: float = 20.0,
+        authenticate: Authenticate | None = None,
+        max_connections: int = 10_000,
+        max_per_subject: int = 100,
     ) -> None:
         self.path = path
         self.max_message_bytes = max_message_bytes
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
+        self.authenticate = authenticate
+        self.max_connections = max_connections
+        self.max_per_subject = max_per_subject  # 0: no per-user cap
+
+
+def _select_subprotocol(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``fieldlink.v1`` when offered (browsers that send ``bearer.<token>`` must offer it
+    too); no subprotocol otherwise."""
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 class GatewayConnection(asyncio.Protocol):
@@ -54,7 +78,14 @@ class GatewayConnection(asyncio.Protocol):
         self.server_state = server_state
         self.transport: asyncio.Transport | None = None
         self.delegate: asyncio.Protocol | None = None
-        self.ws = ServerProtocol(max_size=self.settings.max_message_bytes)
+        self.ws = ServerProtocol(
+            max_size=self.settings.max_message_bytes,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            select_subprotocol=_select_subprotocol,
+        )
+        self.principal: Principal | None = None
+        self.subject: str | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self.client_id = secrets.token_urlsafe(9)
         self.subscriptions: set[str] = set()
         self.out: list[bytes] = []
@@ -100,6 +131,8 @@ class GatewayConnection(asyncio.Protocol):
         self.closing = True
         if self._abort_handle is not None:
             self._abort_handle.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.opened:
             self.hub.remove(self)
 
@@ -188,7 +221,39 @@ class GatewayConnection(asyncio.Protocol):
                 self.hub.remove(self)
             self.transport.close()
 
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self.hub.stats.refuse(code)
+        response = self.ws.reject(
+            status, orjson.dumps({"error": {"code": code, "message": message}}).decode()
+        )
+        response.headers["Content-Type"] = "application/json"
+        self.ws.send_response(response)
+        self._write_pending()
+        self.closing = True
+        assert self.transport is not None
+        self.transport.close()
+
     def _open(self, request: Request) -> None:
+        settings = self.settings
+        if settings.authenticate is not None:
+            try:
+                self.principal = settings.authenticate(request)
+            except FieldlinkError as exc:
+                self._refuse(exc.http_status, exc.code, exc.message)
+                return
+            self.subject = self.principal.subject
+            if settings.max_per_subject and (
+                self.hub.count_subject(self.subject) >= settings.max_per_subject
+            ):
+                self._refuse(
+                    429,
+                    "too_many_connections",
+                    f"at most {settings.max_per_subject} connections per user",
+                )
+                return
+        if len(self.hub.members) >= settings.max_connections:
+            self._refuse(503, "server_full", "the server has no room for more connections")
+            return
         response = self.ws.accept(request)
         self.ws.send_response(response)
         self._write_pending()
@@ -198,10 +263,25 @@ class GatewayConnection(asyncio.Protocol):
             # Above this the transport calls pause_writing and the hub conflates (hub.py).
             self.transport.set_write_buffer_limits(high=self.hub.max_pending_bytes)
             self.hub.add(self)
+            self.expire_at(self.principal.expires_ms if self.principal else None)
         else:
             self.closing = True
             assert self.transport is not None
             self.transport.close()
+
+    def expire_at(self, expires_ms: int | None) -> None:
+        """Close with 4001 when the token expires (a refresh moves the deadline)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires_ms is None:
+            return
+        delay = max(0.0, expires_ms / 1000 - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self.hub.stats.expired += 1
+        self.hub.kick(self, CloseCode.TOKEN_EXPIRED, "token expired")
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode

@@ -130,8 +130,7 @@ class MqttIngest:
         self.connects += 1
         self._generation += 1
         self._ack_future = None
-        for topic_filter in self.filters:
-            client.subscribe(topic_filter, qos=1)
+        self._subscribe_all()
         self.connected.set()
         for callback in self.on_connected:
             callback()
@@ -141,6 +140,15 @@ class MqttIngest:
             self.port,
             ", ".join(self.filters),
         )
+
+    def _subscribe_all(self) -> None:
+        """(Re)subscribe. Packet ids are shared with outgoing QoS 1 publishes; if commands
+        hold all of them, try again shortly rather than lose the subscription."""
+        try:
+            for topic_filter in self.filters:
+                self.client.subscribe(topic_filter, qos=1)
+        except OverflowError:
+            asyncio.get_running_loop().call_later(0.05, self._subscribe_all)
 
     def publish(self, topic: str, payload: bytes) -> bool:
         """Publish at QoS 1 (commands to devices); False when not connected. The broker caps

@@ -119,8 +119,9 @@ class CommandService:
         ``rejected``. ``on_logged`` runs once the id is ours, before the first event (the
         WebSocket requester joins the command's channel there)."""
         now = self.clock_ms()
-        command = new_command(request, command_id or request.id or new_command_id(), now,
-                              self.origin)
+        command = new_command(
+            request, command_id or request.id or new_command_id(), now, self.origin
+        )
         if not await self.store.insert_command(command):
             self.counters.refused += 1
             raise DuplicateCommand(f"command id {command.id!r} is already taken")
@@ -130,7 +131,9 @@ class CommandService:
         self._publish(command)
         if request.device_id not in self.devices:
             return await self._move(
-                command, Status.REJECTED, reason="unknown_device",
+                command,
+                Status.REJECTED,
+                reason="unknown_device",
                 error=f"device {request.device_id!r} is not registered",
             )
         if self.status.status(request.device_id) == "offline" and not request.queue:

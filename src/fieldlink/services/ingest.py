@@ -31,7 +31,7 @@ from fieldlink.core import channels
 from fieldlink.core.access import DEFAULT_TENANT
 from fieldlink.core.codec import DEFAULT_LIMITS, Limits, decode_json, parse_status, validate_record
 from fieldlink.core.dedupe import DedupeWindow
-from fieldlink.core.errors import DependencyDown, ValidationError
+from fieldlink.core.errors import DependencyDown, FieldlinkError, ValidationError
 from fieldlink.core.model import Device, Record, is_valid_device_id
 from fieldlink.core.status import StatusBook, StatusChange
 from fieldlink.core.topics import TopicKind, TopicScheme
@@ -40,6 +40,17 @@ from fieldlink.ports import Bus, Cache, Event, Store, WriteResult
 log = logging.getLogger("fieldlink.ingest")
 
 DUPLICATE = "duplicate"
+DEVICE_MISMATCH = "device_mismatch"
+DEVICE_AUTH_REQUIRED = "device_auth_required"
+
+
+class DeviceRefused(FieldlinkError):
+    """A request that writes for a device it may not speak for (HTTP 403)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 UNKNOWN_TOPIC = "unknown_topic"
 STORE_UNAVAILABLE = "store_unavailable"
 BUFFER_FULL = "buffer_full"
@@ -187,10 +198,17 @@ class Ingestor:
             return None
         return self._enqueue(record)
 
-    async def ingest_http(self, body: bytes) -> HttpIngestResult:
+    async def ingest_http(
+        self, body: bytes, device_id: str | None = None, tenant_id: str = DEFAULT_TENANT
+    ) -> HttpIngestResult:
         """Handle ``POST /api/telemetry`` (one record or a list). Returns once accepted records
         are committed; raises ``ValidationError`` for a body that holds no record at all and
-        ``DependencyDown`` when the store cannot take them."""
+        ``DependencyDown`` when the store cannot take them.
+
+        ``device_id`` is the authenticated device (its records may omit ``device_id``; naming
+        another device refuses the whole request with ``DeviceRefused`` ``device_mismatch``).
+        Anonymous requests (None) may not write for a device that has credentials or belongs
+        to another tenant (``device_auth_required``). Nothing of a refused request is kept."""
         if self.store_down:
             self.counters.http_refused += 1
             raise DependencyDown("the database is unavailable; retry later")
@@ -210,12 +228,15 @@ class Ingestor:
         if not items:
             raise ValidationError("no_records", "the list holds no records")
         self.counters.received += len(items)
+        self._check_identity(items, device_id)
         now_ms = self.clock_ms()
         accepted: list[Record] = []
         errors: list[dict[str, Any]] = []
         duplicates = 0
         for index, item in enumerate(items):
             try:
+                if device_id is not None and isinstance(item, dict):
+                    item.setdefault("device_id", device_id)
                 record = validate_record(item, now_ms=now_ms, limits=self.limits)
             except ValidationError as exc:
                 self.counters.reject(exc.code)
@@ -224,7 +245,7 @@ class Ingestor:
                     detail["path"] = f"$[{index}]" + str(detail["path"])[1:]
                 errors.append(detail)
                 continue
-            if self._accept(record, now_ms):
+            if self._accept(record, now_ms, tenant_id):
                 accepted.append(record)
             else:
                 duplicates += 1
@@ -237,6 +258,27 @@ class Ingestor:
             stored = result.stored
             duplicates += result.duplicates
         return HttpIngestResult(len(accepted), stored, duplicates, errors)
+
+    def _check_identity(self, items: list[Any], device_id: str | None) -> None:
+        """Refuse a request that writes for a device it may not speak for (counted)."""
+        named = {
+            str(item["device_id"])
+            for item in items
+            if isinstance(item, dict) and isinstance(item.get("device_id"), str)
+        }
+        if device_id is not None:
+            if named - {device_id}:
+                self.counters.reject(DEVICE_MISMATCH, len(items))
+                raise DeviceRefused(
+                    "these credentials speak for one device only", code=DEVICE_MISMATCH
+                )
+            return
+        for name in named:
+            if self.credential_tenant(name) is not None or self.tenant_of(name) != DEFAULT_TENANT:
+                self.counters.reject(DEVICE_AUTH_REQUIRED, len(items))
+                raise DeviceRefused(
+                    "this device has credentials: authenticate as it", code=DEVICE_AUTH_REQUIRED
+                )
 
     # ---- the shared path ----------------------------------------------------------------
 
