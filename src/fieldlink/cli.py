@@ -345,6 +345,49 @@ def simulate(
 
 
 @app.command()
+def token(
+    name: str = typer.Option(..., help="who the token is for (its subject: service:NAME)"),
+    role: str = typer.Option("viewer", help="viewer, operator or admin"),
+    tenant: str = typer.Option("default", help="the tenant it acts in"),
+    days: float = typer.Option(30.0, help="lifetime in days"),
+    data_dir: Path = typer.Option(
+        Path("data"),
+        help="the hub's data directory (holds jwt.secret)",
+        envvar="FIELDLINK_DATA_DIR",
+    ),
+    jwt_secret: str | None = typer.Option(None, envvar="FIELDLINK_JWT_SECRET"),
+    jwt_algorithm: str = typer.Option("HS256", envvar="FIELDLINK_JWT_ALGORITHM"),
+    jwt_private_key: Path | None = typer.Option(None, envvar="FIELDLINK_JWT_PRIVATE_KEY"),
+    jwt_public_key: Path | None = typer.Option(None, envvar="FIELDLINK_JWT_PUBLIC_KEY"),
+) -> None:
+    """Print a service token for scripts and services (signed with the hub's key)."""
+    from fieldlink.app.wiring import token_config
+    from fieldlink.core.access import Role
+    from fieldlink.services.identity import TokenService
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        typer.echo("error: --role must be viewer, operator or admin", err=True)
+        raise typer.Exit(2) from None
+    if not (data_dir / "jwt.secret").exists() and jwt_secret is None and jwt_algorithm == "HS256":
+        typer.echo(
+            f"error: no {data_dir / 'jwt.secret'}: start the hub once, or pass --jwt-secret",
+            err=True,
+        )
+        raise typer.Exit(2)
+    settings = Settings(
+        data_dir=data_dir,
+        jwt_secret=jwt_secret,
+        jwt_algorithm=jwt_algorithm,
+        jwt_private_key_file=jwt_private_key,
+        jwt_public_key_file=jwt_public_key,
+    )
+    service = TokenService(token_config(settings))
+    typer.echo(service.issue(f"service:{name}", tenant, chosen, "service", int(days * 86_400)))
+
+
+@app.command()
 def migrate(
     database_url: str = typer.Option(
         ..., help="postgresql://USER@HOST:PORT/DB", envvar="FIELDLINK_DATABASE_URL"

@@ -125,6 +125,36 @@ SCALARS: tuple[tuple[str, str, bool, Sample], ...] = (
         True,
         lambda r: r.commands.counters.acks_rejected,
     ),
+    (
+        "fieldlink_ws_forbidden",
+        "Subscribes and commands refused by authorization",
+        True,
+        lambda r: r.hub.stats.forbidden,
+    ),
+    (
+        "fieldlink_ws_rate_limited",
+        "Client messages refused by the per-connection rate limit",
+        True,
+        lambda r: r.hub.stats.rate_limited,
+    ),
+    (
+        "fieldlink_ws_token_expired",
+        "Connections closed because their token expired",
+        True,
+        lambda r: r.hub.stats.expired,
+    ),
+    (
+        "fieldlink_http_header_timeouts",
+        "Connections closed because a request head was too slow (slowloris)",
+        True,
+        lambda r: r.handshake_stats.timed_out,
+    ),
+    (
+        "fieldlink_auth_logins_failed",
+        "Password logins refused",
+        True,
+        lambda r: r.identity.counters.login_failures,
+    ),
     ("fieldlink_devices", "Registered devices", False, lambda r: len(r.ingestor.devices)),
     ("fieldlink_ws_clients", "Connected WebSocket clients", False, lambda r: r.hub.stats.connected),
     (
@@ -197,6 +227,20 @@ class RuntimeCollector:
                 "status",
                 runtime.status.counts(),
                 False,
+            ),
+            (
+                "fieldlink_auth_refused",
+                "Requests and handshakes refused by authentication or limits, by code",
+                "code",
+                runtime.auth_refusals(),
+                True,
+            ),
+            (
+                "fieldlink_ws_handshakes_refused",
+                "WebSocket handshakes refused, by code",
+                "code",
+                runtime.hub.stats.refused,
+                True,
             ),
         ):
             labelled: Metric = (CounterMetricFamily if is_counter else GaugeMetricFamily)(

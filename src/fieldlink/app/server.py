@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from fieldlink.api.http import guarded_http_protocol
 from fieldlink.api.routes import create_app
 from fieldlink.app.settings import Settings
 from fieldlink.app.wiring import Runtime
@@ -42,7 +43,7 @@ def uvicorn_config(runtime: Runtime, port: int) -> uvicorn.Config:
         log_level="warning",
         access_log=False,
         loop="none",
-        http="httptools",
+        http=guarded_http_protocol(s.handshake_timeout_s, runtime.handshake_stats),
         timeout_graceful_shutdown=5,
     )
 
@@ -103,6 +104,10 @@ def banner(runtime: Runtime, http_port: int) -> str:
         lines.append(f"  ingest      shared subscription $share/{s.mqtt_shared_group}/...")
     if s.simulate:
         lines.append(f"  simulator   {s.simulate} devices every {s.simulate_interval_s:g} s")
+    code = runtime.identity.login_code()
+    lines.append(f"  log in      http://{host}:{http_port}/login?code={code}")
+    lines.append("              (opens the dashboard as admin; one use, valid 10 minutes)")
+    lines.append(f"  admin token {runtime.admin_token_path}  (Authorization: Bearer ...)")
     lines.append("  stop with Ctrl-C")
     return "\n".join(lines) + "\n"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fieldlink.api.auth import Auth
+from fieldlink.api.http import HandshakeStats
 from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
 from fieldlink.core import channels
 from fieldlink.core.access import Principal, can_command, can_read, can_subscribe
@@ -171,6 +172,7 @@ class Runtime:
         self.hub.messages_per_s = settings.ws_messages_per_s
         self.hub.messages_burst = max(1.0, settings.ws_messages_per_s * 2)
         self.admin_token_path: Path | None = None
+        self.handshake_stats = HandshakeStats()
         self.gateway_settings = GatewaySettings(
             path=settings.ws_path,
             max_message_bytes=settings.limits.max_payload_bytes,
@@ -232,6 +234,17 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def auth_refusals(self) -> dict[str, int]:
+        """Every authentication refusal by code (REST, handshakes, tokens, device keys)."""
+        merged = dict(self.auth.refused)
+        for code, n in self.identity.counters.token_failures.items():
+            merged[code] = merged.get(code, 0) + n
+        if self.identity.counters.device_auth_failures:
+            merged["invalid_device_key"] = (
+                merged.get("invalid_device_key", 0) + self.identity.counters.device_auth_failures
+            )
+        return merged
 
     def _may_subscribe(self, member: Member, channel: str) -> bool:
         principal: Principal | None = getattr(member, "principal", None)
