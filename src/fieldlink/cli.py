@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +31,9 @@ def _run(coro: object) -> None:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from fieldlink.app.logs import configure
+
+    configure(level)
 
 
 def _simulator(settings: Settings):  # type: ignore[no-untyped-def]

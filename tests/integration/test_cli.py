@@ -206,3 +206,46 @@ def test_password_in_a_database_url_is_not_printed(tmp_path: Path) -> None:
 
     assert redact_url("postgresql://app:s3cret@db:5432/fl") == "postgresql://app:***@db:5432/fl"
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_first_start_is_secure_and_still_one_command(tmp_path: Path) -> None:
+    """`fieldlink up --simulate`: auth is on, the banner carries a one-time login link and the
+    admin token's path (0600), the simulated devices need no set-up, and `fieldlink token`
+    makes working service tokens."""
+    http_port, mqtt_port = free_port(), free_port()
+    process = start_up(tmp_path, "--http-port", str(http_port), "--mqtt-port", str(mqtt_port),
+                       "--simulate", "2", "--interval", "0.2")
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        banner = read_banner(process)
+        link = next(line.split()[-1] for line in banner.splitlines() if "/login?code=" in line)
+        assert link.startswith(f"http://127.0.0.1:{http_port}/login?code=")
+        token_file = tmp_path / "data" / "admin.token"
+        assert str(token_file) in banner
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "data" / "jwt.secret").stat().st_mode & 0o777 == 0o600
+        admin = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        assert httpx.get(f"{base}/api/devices").status_code == 401
+        deadline = time.monotonic() + 15
+        ids: set[str] = set()
+        while ids != {"sim-001", "sim-002"} and time.monotonic() < deadline:
+            ids = {d["device_id"] for d in httpx.get(f"{base}/api/devices",
+                                                      headers=admin).json()["devices"]}
+            time.sleep(0.1)
+        assert ids == {"sim-001", "sim-002"}
+        with httpx.Client(base_url=base, follow_redirects=False) as browser:
+            opened = browser.get(link.replace(base, ""))
+            assert opened.status_code == 303 and "fieldlink_session" in browser.cookies
+            assert browser.get("/api/devices").status_code == 200
+            assert browser.get(link.replace(base, "")).status_code == 401  # one use
+        viewer = subprocess.run(
+            [*FIELDLINK, "token", "--name", "ci", "--role", "viewer",
+             "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        as_viewer = {"Authorization": f"Bearer {viewer}"}
+        assert httpx.get(f"{base}/api/devices", headers=as_viewer).status_code == 200
+        command = httpx.post(f"{base}/api/devices/sim-001/commands", headers=as_viewer,
+                             json={"action": "idle"})
+        assert command.status_code == 403
+    finally:
+        assert stop(process) == 0

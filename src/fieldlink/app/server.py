@@ -94,7 +94,7 @@ def banner(runtime: Runtime, http_port: int) -> str:
         f"  dashboard   http://{host}:{http_port}/",
         f"  websocket   ws://{host}:{http_port}{s.ws_path}",
         f"  REST docs   http://{host}:{http_port}/docs",
-        f"  MQTT        {runtime.mqtt_url}"
+        f"  MQTT        {redact_url(runtime.mqtt_url or '')}"
         + ("  (embedded mosquitto)" if runtime.broker else "  (external broker)"),
         f"  history     {redact_url(s.resolved_database_url())}",
         "  bus/cache   "

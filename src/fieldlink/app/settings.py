@@ -52,5 +52,16 @@ class Settings:
     jwt_private_key_file: Path | None = None  # RS256 / ES256
     jwt_public_key_file: Path | None = None  # how long shutdown waits for pending writes
 
+    def mqtt_credentials(self) -> tuple[str, str] | None:
+        """User and password from ``mqtt://user:pass@host:port`` (an external broker)."""
+        if self.mqtt_url is None:
+            return None
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(self.mqtt_url)
+        if parts.username is None:
+            return None
+        return unquote(parts.username), unquote(parts.password or "")
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'fieldlink.db').resolve()}"

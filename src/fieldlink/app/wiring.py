@@ -29,7 +29,7 @@ from fieldlink.gateway.ws import (
     sweep_slow,
     websocket_protocol_factory,
 )
-from fieldlink.mqtt.broker import EmbeddedBroker
+from fieldlink.mqtt.broker import HUB_USER, EmbeddedBroker, mosquitto_hash
 from fieldlink.mqtt.listener import MqttIngest
 from fieldlink.ports import Bus, Cache, Store
 from fieldlink.services.commands import CommandService, new_command_id
@@ -161,7 +161,10 @@ class Runtime:
                 log.warning("redis is back: cache rebuilt with %d devices", rebuilt)
 
             self.redis_bus.on_reconnect.append(rebuild_cache)
-        self.identity = IdentityService(self.store, TokenService(token_config(settings)))
+        self.identity = IdentityService(
+            self.store, TokenService(token_config(settings)), broker_hasher=mosquitto_hash
+        )
+        self.identity.on_device_credentials.append(self._broker_user_added)
         self.ingestor.credential_tenant = self.identity.credential_tenant
         self.auth = Auth(self)
         self.auth.allow_own_origins(
@@ -192,12 +195,16 @@ class Runtime:
     async def start(self) -> None:
         s = self.settings
         if self.mqtt_url is None:
-            self.broker = EmbeddedBroker(s.data_dir, s.mqtt_port)
+            self.broker = EmbeddedBroker(
+                s.data_dir, s.mqtt_port, device_auth=s.device_auth, prefix=s.topic_prefix
+            )
             await self.broker.start()
             self.mqtt_url = self.broker.url
         await self.store.start()
         await self.identity.load()
         self.admin_token_path = await self.identity.bootstrap(s.data_dir)
+        if self.broker is not None and s.device_auth:
+            self.broker.set_users(await self.identity.broker_users())
         await self.ingestor.load()
         if self.redis_bus is not None:
             await self.redis_bus.start()  # subscribed before any ingest: no first message lost
@@ -207,6 +214,9 @@ class Runtime:
             self.scheme,
             client_id=self.mqtt_client_id(),
             shared_group=s.mqtt_shared_group,
+            credentials=(HUB_USER, self.broker.hub_password)
+            if self.broker is not None and s.device_auth
+            else s.mqtt_credentials(),
             session_expiry_s=s.mqtt_session_expiry_s,
         )
         commands = self.commands
@@ -234,6 +244,12 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _broker_user_added(self, device_id: str, broker_hash: str) -> None:
+        if self.broker is not None and self.settings.device_auth and broker_hash:
+            users = dict(self.broker._users)
+            users[device_id] = broker_hash
+            self.broker.set_users(users)
 
     def auth_refusals(self) -> dict[str, int]:
         """Every authentication refusal by code (REST, handshakes, tokens, device keys)."""

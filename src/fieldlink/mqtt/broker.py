@@ -4,8 +4,11 @@ bound to 127.0.0.1, persistence in the data directory. It is stopped with the hu
 from __future__ import annotations
 
 import asyncio
+import base64
 import ctypes
+import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -77,14 +80,71 @@ def resolve_port(requested: str | int, default: int, option: str, hint: str) -> 
     return port if port != 0 else free_port()
 
 
-class EmbeddedBroker:
-    """A mosquitto process owned by the hub."""
+HUB_USER = "fieldlink-hub"
 
-    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+
+def mosquitto_hash(password: str) -> str:
+    """A mosquitto 2 password-file hash (``$7$``: PBKDF2-SHA512, 101 rounds, 12-byte salt),
+    the same as ``mosquitto_passwd`` writes."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+    return f"$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def acl_text(prefix: str) -> str:
+    """Devices may write only their own telemetry, status and acks and read only their own
+    control topic (``%u`` is the user name, which is the device id); the hub reads and writes
+    everything."""
+    return "\n".join(
+        [
+            f"pattern write {prefix}/%u/telemetry",
+            f"pattern write {prefix}/%u/status",
+            f"pattern write {prefix}/%u/ack",
+            f"pattern read {prefix}/%u/control",
+            "",
+            f"user {HUB_USER}",
+            "topic readwrite #",
+            "",
+        ]
+    )
+
+
+class EmbeddedBroker:
+    """A mosquitto process owned by the hub. With ``device_auth`` it accepts no anonymous
+    clients: each device logs in with its id and key, and an ACL keeps it to its own topics;
+    ``set_users`` rewrites the password file and makes mosquitto reload it (SIGHUP)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        device_auth: bool = False,
+        prefix: str = "edge",
+    ) -> None:
         self.data_dir = Path(data_dir) / "mosquitto"
         self.port = port
         self.host = host
+        self.device_auth = device_auth
+        self.prefix = prefix
         self.process: subprocess.Popen[bytes] | None = None
+        self.hub_password = secrets.token_urlsafe(24)
+        self._users: dict[str, str] = {}
+
+    def set_users(self, hashes: dict[str, str]) -> None:
+        """Device id -> mosquitto hash; the file is rewritten and mosquitto reloads it."""
+        self._users = dict(hashes)
+        if not self.device_auth:
+            return
+        lines = [f"{HUB_USER}:{mosquitto_hash(self.hub_password)}"]
+        lines += [f"{user}:{hashed}" for user, hashed in sorted(self._users.items())]
+        path = self.data_dir / "passwd"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
 
     @property
     def url(self) -> str:
@@ -94,7 +154,11 @@ class EmbeddedBroker:
         return "\n".join(
             [
                 f"listener {self.port} {self.host}",
-                "allow_anonymous true",
+                # Anonymous devices only on loopback (the listener is bound there) unless
+                # per-device credentials are on.
+                "allow_anonymous false" if self.device_auth else "allow_anonymous true",
+                f"password_file {self.data_dir}/passwd" if self.device_auth else "",
+                f"acl_file {self.data_dir}/acl" if self.device_auth else "",
                 "user root" if os.geteuid() == 0 else "",
                 "persistence true",
                 f"persistence_location {self.data_dir}/",
@@ -117,6 +181,9 @@ class EmbeddedBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(self.config_text())
+        if self.device_auth:
+            (self.data_dir / "acl").write_text(acl_text(self.prefix))
+            self.set_users(self._users)
         stderr_path = self.data_dir / "mosquitto.stderr"
         # Opening a file and forking are quick, one-off start-up steps: not worth a thread.
         with open(stderr_path, "wb") as stderr:  # noqa: ASYNC230

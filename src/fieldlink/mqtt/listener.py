@@ -60,6 +60,7 @@ class MqttIngest:
         client_id: str | None = None,
         shared_group: str | None = None,
         session_expiry_s: int = SESSION_EXPIRY_S,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         self.host, self.port = parse_mqtt_url(url)
         self.ingestor = ingestor
@@ -89,6 +90,8 @@ class MqttIngest:
         self.on_connected: list[Callable[[], None]] = []
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._drainer: asyncio.Task[None] | None = None
+        if credentials is not None:
+            self.client.set_auth_credentials(*credentials)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect

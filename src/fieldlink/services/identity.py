@@ -174,8 +174,15 @@ class IdentityCounters:
 
 
 class IdentityService:
-    def __init__(self, docs: Docs, tokens: TokenService) -> None:
+    def __init__(
+        self,
+        docs: Docs,
+        tokens: TokenService,
+        broker_hasher: Callable[[str], str] | None = None,
+    ) -> None:
         self.docs = docs
+        # Hashes a device key for the broker's password file (per-device MQTT credentials).
+        self.broker_hasher = broker_hasher
         self.tokens = tokens
         self.hasher = PasswordHasher()
         self.counters = IdentityCounters()
@@ -183,6 +190,7 @@ class IdentityService:
         self._device_key_digests: dict[str, str] = {}  # sha256(key) -> device id, verified
         self._login_codes: dict[str, float] = {}
         self._used_tickets: dict[str, float] = {}
+        # (device_id, broker_hash) after new credentials: the broker's password file follows.
         self.on_device_credentials: list[Callable[[str, str], None]] = []
 
     # ---- start ----------------------------------------------------------------------------
@@ -328,14 +336,25 @@ class IdentityService:
         assigned to ``tenant_id`` from then on."""
         key = secrets.token_urlsafe(24)
         hashed = await asyncio.to_thread(self.hasher.hash, key)
-        await self.docs.put_doc("device_key", device_id, {"tenant": tenant_id, "hash": hashed})
+        doc = {"tenant": tenant_id, "hash": hashed}
+        if self.broker_hasher is not None:
+            doc["broker_hash"] = self.broker_hasher(key)
+        await self.docs.put_doc("device_key", device_id, doc)
         self.device_tenants[device_id] = tenant_id
         self._device_key_digests = {
             d: dev for d, dev in self._device_key_digests.items() if dev != device_id
         }
         for callback in self.on_device_credentials:
-            callback(device_id, key)
+            callback(device_id, doc.get("broker_hash", ""))
         return key
+
+    async def broker_users(self) -> dict[str, str]:
+        """Device id -> broker password hash, for every device with credentials."""
+        return {
+            device_id: doc["broker_hash"]
+            for device_id, doc in await self.docs.list_docs("device_key")
+            if doc.get("broker_hash")
+        }
 
     async def device_tenant_for_key(self, device_id: str, key: str) -> str:
         """The device's tenant if ``key`` is its key; ``Unauthorized`` otherwise."""
