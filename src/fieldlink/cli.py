@@ -116,6 +116,7 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         anonymous_devices=bool(p["anonymous_devices"]),
         device_auth=bool(p["device_auth"]),
         ws_max_per_user=int(p["ws_max_per_user"]),  # type: ignore[call-overload]
+        mqtt_device_rate_per_s=float(p["mqtt_device_rate"]),  # type: ignore[arg-type]
         ws_max_connections=int(p["ws_max_connections"]),  # type: ignore[call-overload]
         ws_messages_per_s=float(p["ws_messages_per_s"]),  # type: ignore[arg-type]
         jwt_secret=p["jwt_secret"],  # type: ignore[arg-type]
@@ -183,6 +184,11 @@ def up(
     ),
     device_auth: bool = _opt(
         False, "embedded broker: per-device credentials and ACL, no anonymous", "DEVICE_AUTH"
+    ),
+    mqtt_device_rate: float = _opt(
+        500.0,
+        "MQTT records per second per device, burst twice that (0: no limit)",
+        "MQTT_DEVICE_RATE",
     ),
     ws_max_per_user: int = _opt(
         100, "WebSocket connections per user (0: no cap)", "WS_MAX_PER_USER"
@@ -272,6 +278,11 @@ def serve(
     ),
     device_auth: bool = _opt(
         False, "embedded broker: per-device credentials and ACL, no anonymous", "DEVICE_AUTH"
+    ),
+    mqtt_device_rate: float = _opt(
+        500.0,
+        "MQTT records per second per device, burst twice that (0: no limit)",
+        "MQTT_DEVICE_RATE",
     ),
     ws_max_per_user: int = _opt(
         100, "WebSocket connections per user (0: no cap)", "WS_MAX_PER_USER"

@@ -450,3 +450,43 @@ async def test_oversize_auth_bodies_and_no_leaks(hub, caplog) -> None:  # type: 
         text = answer.text
         assert "Traceback" not in text and "SELECT" not in text and not JWT_LIKE.search(text)
     assert not JWT_LIKE.search(caplog.text), "a token reached the logs"
+
+
+async def test_disabling_a_user_closes_its_sessions_and_refuses_its_tokens(hub) -> None:  # type: ignore[no-untyped-def]
+    t = await two_tenants(hub)
+    async with connect(hub.ws_url, additional_headers=bearer(t["alice"])) as ws:
+        assert json.loads(await ws.recv())["type"] == "connected"
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as admin:
+            answer = await admin.post("/api/users/alice/disable")
+        assert answer.json() == {"username": "alice", "disabled": True, "sessions_closed": 1}
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4003
+    assert time.monotonic() - started < 5
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=bearer(t["alice"])) as alice:
+        refused = await alice.get("/api/devices")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "user_disabled"
+    async with httpx.AsyncClient(base_url=hub.http_url, headers=bearer(t["bob"])) as bob:
+        # A tenant admin of another tenant cannot even see that alice exists.
+        assert (await bob.post("/api/users/alice/disable")).status_code == 403
+
+
+async def test_a_flooding_mqtt_device_is_limited_and_counted(make_hub) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.clients import paho_client
+
+    async with make_hub(mqtt_device_rate_per_s=50.0) as hub:
+        async with paho_client(hub.mqtt_port) as client:
+            infos = [client.publish("edge/flood/telemetry", json.dumps({"v": i}), qos=1)
+                     for i in range(400)]
+            quiet = client.publish("edge/calm/telemetry", json.dumps({"v": 1}), qos=1)
+            for info in [*infos, quiet]:
+                await asyncio.to_thread(info.wait_for_publish, 5)
+        counters = hub.runtime.ingestor.counters
+        await wait_until(lambda: counters.received == 401)
+        await hub.runtime.ingestor.settled()
+    limited = counters.rejected.get("rate_limited", 0)
+    assert 200 <= limited < 400  # a burst of 100 and about 50/s got through
+    assert counters.stored == 401 - limited
+    assert "calm" in hub.runtime.ingestor.devices  # other devices are not affected

@@ -364,6 +364,16 @@ def create_app(runtime: Runtime) -> FastAPI:
         await identity.create_user(username, str(data.get("password", "")), role, tenant)
         return {"username": username, "tenant": tenant, "role": str(role)}
 
+    @app.post("/api/users/{username}/disable", tags=["auth"])
+    async def disable_user(username: str, p: Admin) -> dict[str, Any]:
+        """Refuse the user's tokens and close its open WebSocket connections (4003)."""
+        tenant = await identity.user_tenant(username)
+        if tenant is None or not can_manage(p, tenant):
+            raise NotFound(f"no user {username!r}")
+        await identity.disable_user(username)
+        closed = runtime.close_sessions(username)
+        return {"username": username, "disabled": True, "sessions_closed": closed}
+
     @app.post("/api/devices/{device_id}/credentials", tags=["auth"], status_code=201)
     async def device_credentials(device_id: str, request: Request, p: Admin) -> dict[str, Any]:
         """A new key for a device (shown once), assigning it to a tenant: for HTTP Basic

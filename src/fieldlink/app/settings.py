@@ -42,6 +42,7 @@ class Settings:
     anonymous_devices: bool = True  # devices without credentials, from loopback only
     device_auth: bool = False  # embedded broker: per-device credentials and ACL, no anonymous
     device_rate_per_s: float = 20.0  # HTTP ingest requests per device
+    mqtt_device_rate_per_s: float = 500.0  # MQTT records per device (burst twice); 0: no limit
     device_rate_burst: float = 40.0
     ws_max_connections: int = 10_000
     ws_max_per_user: int = 100  # 0: no per-user cap

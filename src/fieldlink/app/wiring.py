@@ -18,6 +18,7 @@ from fieldlink.api.http import HandshakeStats
 from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
 from fieldlink.core import channels
 from fieldlink.core.access import Principal, can_command, can_read, can_subscribe
+from fieldlink.core.closecodes import CloseCode
 from fieldlink.core.errors import FieldlinkError, ValidationError
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
@@ -166,6 +167,7 @@ class Runtime:
         )
         self.identity.on_device_credentials.append(self._broker_user_added)
         self.ingestor.credential_tenant = self.identity.credential_tenant
+        self.ingestor.device_rate_per_s = settings.mqtt_device_rate_per_s
         self.auth = Auth(self)
         self.auth.allow_own_origins(
             {settings.http_host, "127.0.0.1", "localhost"}, settings.http_port
@@ -250,6 +252,13 @@ class Runtime:
             users = dict(self.broker._users)
             users[device_id] = broker_hash
             self.broker.set_users(users)
+
+    def close_sessions(self, subject: str) -> int:
+        """Close every WebSocket of a user (revoked), with 4003."""
+        members = [m for m in self.hub.members if getattr(m, "subject", None) == subject]
+        for member in members:
+            self.hub.kick(member, CloseCode.REVOKED, "access revoked")
+        return len(members)
 
     def auth_refusals(self) -> dict[str, int]:
         """Every authentication refusal by code (REST, handshakes, tokens, device keys)."""

@@ -189,6 +189,7 @@ class IdentityService:
         self.device_tenants: dict[str, str] = {}  # device id -> tenant, from credentials
         self._device_key_digests: dict[str, str] = {}  # sha256(key) -> device id, verified
         self._login_codes: dict[str, float] = {}
+        self.disabled: set[str] = set()  # user names whose tokens no longer work
         self._used_tickets: dict[str, float] = {}
         # (device_id, broker_hash) after new credentials: the broker's password file follows.
         self.on_device_credentials: list[Callable[[str, str], None]] = []
@@ -198,6 +199,9 @@ class IdentityService:
     async def load(self) -> None:
         for device_id, doc in await self.docs.list_docs("device_key"):
             self.device_tenants[device_id] = doc["tenant"]
+        for username, doc in await self.docs.list_docs("user"):
+            if doc.get("disabled"):
+                self.disabled.add(username)
 
     async def bootstrap(self, data_dir: Path) -> Path:
         """First start: the default tenant and an ``admin`` user; on every start, a valid
@@ -234,7 +238,10 @@ class IdentityService:
         self, token: str, kinds: tuple[str, ...] = ("access", "service", "session")
     ) -> Principal:
         try:
-            return self.tokens.verify(token, kinds)
+            principal = self.tokens.verify(token, kinds)
+            if principal.subject in self.disabled:
+                raise Unauthorized("this user is disabled", code="user_disabled")
+            return principal
         except Unauthorized as exc:
             self.counters.failed(exc.code)
             raise
@@ -330,6 +337,20 @@ class IdentityService:
             username,
             {"tenant": tenant_id, "role": str(role), "hash": hashed, "disabled": False},
         )
+
+    async def disable_user(self, username: str) -> None:
+        """Refuse the user's tokens from now on (its open connections are closed by the
+        caller) and its refreshes."""
+        doc = await self.docs.get_doc("user", username)
+        if doc is None:
+            raise ValidationError("unknown_user", f"no user {username!r}", "$.username")
+        doc["disabled"] = True
+        await self.docs.put_doc("user", username, doc)
+        self.disabled.add(username)
+
+    async def user_tenant(self, username: str) -> str | None:
+        doc = await self.docs.get_doc("user", username)
+        return None if doc is None else str(doc["tenant"])
 
     async def create_device_credentials(self, device_id: str, tenant_id: str) -> str:
         """A new key for the device (returned once; only its hash is kept). The device is
