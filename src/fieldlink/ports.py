@@ -113,6 +113,10 @@ class Store(CommandLog, Docs, Protocol):
     async def latest(self, device_id: str) -> Record | None:
         """The newest stored record of the device (used to rebuild the cache)."""
 
+    async def latest_since(self, since_ms: int) -> list[Record]:
+        """The newest record of every device that has one with ``ts >= since_ms`` (the cache
+        is rebuilt from this after Redis restarts)."""
+
     async def query_fleet(
         self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
     ) -> list[dict[str, Any]]:

@@ -156,3 +156,11 @@ async def test_command_log_is_compare_and_set(store: Store) -> None:
     assert [c.id for c in await store.due_commands(T0 + 5000, 10)] == ["c3"]
     assert [c.id for c in await store.pending_commands("d")] == ["c2"]
     assert [c.id for c in await store.pending_commands(None)] == ["c2", "c3"]
+
+
+async def test_latest_since_gives_each_devices_newest_record(store: Store) -> None:
+    await store.write([rec("a", T0, 1, v=1), rec("a", T0 + 10, 2, v=2), rec("b", T0 + 5, 1, v=3),
+                       rec("c", T0 - 1000, 1, v=4)])
+    newest = sorted(await store.latest_since(T0), key=lambda r: r.device_id)
+    assert [(r.device_id, r.ts_ms, r.seq, r.metrics) for r in newest] == [
+        ("a", T0 + 10, 2, {"v": 2}), ("b", T0 + 5, 1, {"v": 3})]

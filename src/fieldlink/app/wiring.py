@@ -158,8 +158,21 @@ class Runtime:
             redis_cache = self.redis_cache
 
             async def rebuild_cache() -> None:
+                # Redis is never the source of truth: read the latest state from the store,
+                # push what this instance's clients missed, then refill Redis.
+                since = now_ms() - int(settings.cache_ttl_s * 1000)
+                try:
+                    missed = self.ingestor.catch_up(await self.store.latest_since(since))
+                except FieldlinkError as exc:
+                    log.warning("redis is back, but the store is not (%s): mirror only", exc)
+                    missed = 0
                 rebuilt = await redis_cache.rebuild(now_ms())
-                log.warning("redis is back: cache rebuilt with %d devices", rebuilt)
+                log.warning(
+                    "redis is back: cache rebuilt with %d devices from the store "
+                    "(%d newer than shown here)",
+                    rebuilt,
+                    missed,
+                )
 
             self.redis_bus.on_reconnect.append(rebuild_cache)
         self.identity = IdentityService(

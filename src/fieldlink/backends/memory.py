@@ -91,6 +91,9 @@ class MemoryStore:
         rows = self._records.get(device_id)
         return rows[-1] if rows else None
 
+    async def latest_since(self, since_ms: int) -> list[Record]:
+        return [rows[-1] for rows in self._records.values() if rows and rows[-1].ts_ms >= since_ms]
+
     # ---- identity documents (Docs) ------------------------------------------------------
 
     async def put_doc(self, kind: str, key: str, doc: dict[str, Any]) -> None:

@@ -306,6 +306,14 @@ class PostgresStore:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
         return rows[0] if rows else None
 
+    async def latest_since(self, since_ms: int) -> list[Record]:
+        rows = await self._fetch(
+            "SELECT DISTINCT ON (device_id) device_id, ts, seq, data::text FROM telemetry "
+            "WHERE ts >= $1 ORDER BY device_id, ts DESC",
+            since_ms,
+        )
+        return [Record(r[0], r[1], orjson.loads(r[3]), r[2]) for r in rows]
+
     # ---- identity documents (Docs) ------------------------------------------------------
 
     async def put_doc(self, kind: str, key: str, doc: dict[str, Any]) -> None:

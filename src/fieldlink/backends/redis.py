@@ -227,7 +227,8 @@ class RedisCache:
             self._flushing = False
 
     async def rebuild(self, now_ms: int) -> int:
-        """Write every live mirror entry back to Redis (after Redis restarted empty)."""
+        """Write every live entry back to Redis (after Redis restarted empty): the mirror,
+        which the caller has first brought up to date from the store."""
         entries = self.mirror.entries(now_ms)
         for record in entries:
             self._pending[record.device_id] = orjson.dumps(record.to_event_data())

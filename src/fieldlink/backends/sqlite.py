@@ -284,6 +284,14 @@ class SqliteStore:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
         return rows[0] if rows else None
 
+    async def latest_since(self, since_ms: int) -> list[Record]:
+        # SQLite's bare-column rule: the other columns come from the row holding max(ts).
+        rows = await self._read(
+            "SELECT device_id, max(ts), seq, data FROM telemetry WHERE ts >= ? GROUP BY device_id",
+            (since_ms,),
+        )
+        return [Record(r[0], r[1], orjson.loads(r[3]), r[2]) for r in rows]
+
     # ---- identity documents (Docs) ------------------------------------------------------
 
     async def put_doc(self, kind: str, key: str, doc: dict[str, Any]) -> None:

@@ -556,6 +556,29 @@ class Ingestor:
             self.publish_status(change, local_only=True)
         return len(changes)
 
+    def catch_up(self, records: list[Record]) -> int:
+        """Records from the store that are newer than this instance's latest state (events
+        it missed while the bus was down): update the cache and tell this instance's clients
+        (local events: every instance does this itself). Returns how many were newer."""
+        now_ms = self.clock_ms()
+        newer = 0
+        for record in records:
+            current = self.cache.get_latest(record.device_id, now_ms)
+            if current is not None and current.ts_ms >= record.ts_ms:
+                continue
+            newer += 1
+            self.cache.remember(record, now_ms)
+            self.bus.publish(
+                Event(
+                    "telemetry",
+                    channels.for_device_event(record.device_id, self.tenant_of(record.device_id)),
+                    orjson.dumps(record.to_event_data()),
+                    record.device_id,
+                    local_only=True,
+                )
+            )
+        return newer
+
     # ---- other instances' events --------------------------------------------------------
 
     def apply_remote(self, event: Event) -> None:
