@@ -127,7 +127,9 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
     )
 
 
-@app.command()
+@app.command("serve", help="Run the hub against an external MQTT broker (needs --mqtt-url): "
+             "production and scale-out (docs/scale-out.md). Same options as up.")
+@app.command("up")
 def up(
     ctx: typer.Context,
     http_port: str = _opt(
@@ -208,9 +210,13 @@ def up(
     config: Path | None = _opt(None, CONFIG_HELP, "CONFIG"),
 ) -> None:
     """Everything embedded: broker, history, live gateway, REST, dashboard (+ simulated devices)."""
+    # `fieldlink serve` is this same command for an external broker: it requires --mqtt-url.
     from fieldlink.app.server import serve
 
     p = _from_config(ctx, dict(locals()))
+    if ctx.info_name == "serve" and not p["mqtt_url"]:
+        typer.echo("error: serve needs --mqtt-url (or FIELDLINK_MQTT_URL / mqtt_url)", err=True)
+        raise typer.Exit(2)
     _logging(str(p["log_level"]))
     try:
         http = resolve_port(str(p["http_port"]), 8000, "--http-port", "stop what holds it")
@@ -234,91 +240,6 @@ def up(
 
 
 @app.command()
-def serve(
-    ctx: typer.Context,
-    mqtt_url: str | None = _opt(None, "the external broker, mqtt://HOST:PORT", "MQTT_URL"),
-    http_port: str = _opt("8000", "HTTP/WebSocket port, or 'auto'", "HTTP_PORT"),
-    data_dir: Path = _opt(Path("data"), "local state (client id derives from it)", "DATA_DIR"),
-    database_url: str | None = _opt(
-        None, "sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB", "DATABASE_URL"
-    ),
-    redis_url: str | None = _opt(
-        None, "redis://HOST:PORT/DB for the bus and cache of several instances", "REDIS_URL"
-    ),
-    mqtt_shared_group: str | None = _opt(
-        None, "consume telemetry through $share/GROUP/... (several instances)", "MQTT_SHARED_GROUP"
-    ),
-    mqtt_client_id: str | None = _opt(
-        None, "MQTT client id (default: derived from host name and DATA_DIR)", "MQTT_CLIENT_ID"
-    ),
-    mqtt_session_expiry: int = _opt(
-        86400,
-        "seconds the broker keeps this instance's session while it is away",
-        "MQTT_SESSION_EXPIRY",
-    ),
-    routes: Path | None = _opt(None, "TOML file with custom ingest routes", "ROUTES"),
-    silence_timeout: float = _opt(
-        60.0, "seconds of silence before a device counts as offline", "SILENCE_TIMEOUT"
-    ),
-    cache_ttl: float = _opt(300.0, "seconds the latest state is kept per device", "CACHE_TTL"),
-    command_timeout: float = _opt(
-        10.0, "seconds a device has to answer a command (default per command)", "COMMAND_TIMEOUT"
-    ),
-    host: str = _opt("127.0.0.1", "HTTP bind address", "HOST"),
-    log_level: str = _opt("warning", "debug, info, warning or error", "LOG_LEVEL"),
-    allowed_origin: list[str] = _opt(
-        [],
-        "browser origin allowed to connect (repeatable; the hub's own is always)",
-        "ALLOWED_ORIGIN",
-    ),
-    anonymous_devices: bool = _opt(
-        True,
-        "accept devices without credentials from loopback (default tenant)",
-        "ANONYMOUS_DEVICES",
-    ),
-    device_auth: bool = _opt(
-        False, "embedded broker: per-device credentials and ACL, no anonymous", "DEVICE_AUTH"
-    ),
-    mqtt_device_rate: float = _opt(
-        500.0,
-        "MQTT records per second per device, burst twice that (0: no limit)",
-        "MQTT_DEVICE_RATE",
-    ),
-    ws_max_per_user: int = _opt(
-        100, "WebSocket connections per user (0: no cap)", "WS_MAX_PER_USER"
-    ),
-    ws_max_connections: int = _opt(10_000, "WebSocket connections in all", "WS_MAX_CONNECTIONS"),
-    ws_messages_per_s: float = _opt(
-        50.0, "client messages per second per WebSocket", "WS_MESSAGES_PER_S"
-    ),
-    jwt_secret: str | None = _opt(
-        None,
-        "HS256 secret (default: DATA_DIR/jwt.secret); instances must share it",
-        "JWT_SECRET",
-    ),
-    jwt_algorithm: str = _opt("HS256", "HS256, RS256 or ES256", "JWT_ALGORITHM"),
-    jwt_private_key: Path | None = _opt(None, "PEM private key (RS256/ES256)", "JWT_PRIVATE_KEY"),
-    jwt_public_key: Path | None = _opt(None, "PEM public key (RS256/ES256)", "JWT_PUBLIC_KEY"),
-    config: Path | None = _opt(None, CONFIG_HELP, "CONFIG"),
-) -> None:
-    """Run the hub against an external MQTT broker (no embedded broker): production and
-    scale-out (docs/scale-out.md)."""
-    from fieldlink.app.server import serve as serve_hub
-
-    p = _from_config(ctx, dict(locals()))
-    if not p["mqtt_url"]:
-        typer.echo("error: serve needs --mqtt-url (or FIELDLINK_MQTT_URL / mqtt_url)", err=True)
-        raise typer.Exit(2)
-    _logging(str(p["log_level"]))
-    try:
-        http = resolve_port(str(p["http_port"]), 8000, "--http-port", "stop what holds it")
-    except BrokerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    _run(serve_hub(_settings(p, http, 0)))
-
-
-@app.command()
 def simulate(
     count: int = typer.Option(5, "--count", "-n", help="number of devices"),
     mqtt_url: str = typer.Option("mqtt://127.0.0.1:1883"),
@@ -332,8 +253,7 @@ def simulate(
     ack_delay: float = typer.Option(0.0, help="seconds before a device answers a command"),
     log_level: str = typer.Option("info"),
 ) -> None:
-    """Run simulated edge nodes (MQTT first, HTTP fallback after 3 MQTT failures); they carry
-    out commands (docs/commands.md)."""
+    """Run simulated edge nodes that report and carry out commands (MQTT, HTTP fallback)."""
     from fieldlink.simulator.runner import run_fleet
 
     if command_behavior not in ("ack", "fail", "ignore", "late"):
