@@ -127,8 +127,11 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
     )
 
 
-@app.command("serve", help="Run the hub against an external MQTT broker (needs --mqtt-url): "
-             "production and scale-out (docs/scale-out.md). Same options as up.")
+@app.command(
+    "serve",
+    help="Run the hub against an external MQTT broker (needs --mqtt-url): "
+    "production and scale-out (docs/scale-out.md). Same options as up.",
+)
 @app.command("up")
 def up(
     ctx: typer.Context,

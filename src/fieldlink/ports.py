@@ -118,12 +118,19 @@ class Store(CommandLog, Docs, Protocol):
         is rebuilt from this after Redis restarts)."""
 
     async def query_fleet(
-        self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
+        self,
+        start_ms: int,
+        end_ms: int,
+        bucket_ms: int,
+        agg: str,
+        metrics: Sequence[str] = (),
+        tenant_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Every device's numeric metrics aggregated per bucket (``avg|sum|min|max|count``),
         ``[{"ts": bucket_start, metric: value, ...}]`` in time order; only ``metrics`` when
-        given. Callers pass whole minutes (range and bucket): PostgreSQL answers from its
-        per-minute rollup. Values with magnitude >= 1e300 are left out."""
+        given; one tenant's devices only when ``tenant_id`` is given. Callers pass whole minutes
+        (range and bucket): PostgreSQL answers from its per-minute rollup. Values with
+        magnitude >= 1e300 are left out."""
 
 
 class Cache(Protocol):

@@ -164,3 +164,15 @@ async def test_latest_since_gives_each_devices_newest_record(store: Store) -> No
     newest = sorted(await store.latest_since(T0), key=lambda r: r.device_id)
     assert [(r.device_id, r.ts_ms, r.seq, r.metrics) for r in newest] == [
         ("a", T0 + 10, 2, {"v": 2}), ("b", T0 + 5, 1, {"v": 3})]
+
+
+async def test_fleet_chart_per_tenant(store: Store) -> None:
+    start = (T0 // 60_000) * 60_000
+    acme = [Record("a1", start + i * 1000, {"p": 1.0}, i, tenant_id="acme") for i in range(10)]
+    bolt = [Record("b1", start + i * 1000, {"p": 5.0}, i, tenant_id="bolt") for i in range(10)]
+    await store.write(acme + bolt)
+    window = (start, start + 60_000, 60_000, "sum")
+    assert await store.query_fleet(*window, (), "acme") == [{"ts": start, "p": 10.0}]
+    assert await store.query_fleet(*window, (), "bolt") == [{"ts": start, "p": 50.0}]
+    assert await store.query_fleet(*window, (), "nobody") == []
+    assert await store.query_fleet(*window) == [{"ts": start, "p": 60.0}]

@@ -141,9 +141,20 @@ class MemoryStore:
         return sorted(mine, key=lambda c: c.created_ms)
 
     async def query_fleet(
-        self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
+        self,
+        start_ms: int,
+        end_ms: int,
+        bucket_ms: int,
+        agg: str,
+        metrics: Sequence[str] = (),
+        tenant_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        in_range = [r for d in self._records for r in self._slice(d, start_ms, end_ms)]
+        in_range = [
+            r
+            for d in self._records
+            for r in self._slice(d, start_ms, end_ms)
+            if tenant_id in (None, r.tenant_id)
+        ]
         return aggregate_records(fleet_records(in_range, metrics), bucket_ms, agg)
 
 

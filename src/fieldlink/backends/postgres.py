@@ -33,26 +33,27 @@ CONNECT_TIMEOUT_S = 5.0
 
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
-    ord int, grp int, device_id text, ts bigint, seq bigint, data jsonb
+    ord int, grp int, device_id text, ts bigint, seq bigint, data jsonb, tenant_id text
 ) ON COMMIT DELETE ROWS
 """
 # Move staged rows into telemetry (skipping duplicates) and fold the inserted ones into the
-# fleet rollup, in one statement. Rollup rows are upserted in (bucket, metric) order so two
+# per-tenant fleet rollup, in one statement. Rollup rows are upserted in key order so two
 # instances committing at once lock them in the same order and cannot deadlock.
 _MOVE = """
 WITH moved AS (
-    INSERT INTO telemetry (device_id, ts, seq, data)
-    SELECT device_id, ts, seq, data FROM telemetry_stage ORDER BY ord
+    INSERT INTO telemetry (device_id, ts, seq, data, tenant_id)
+    SELECT device_id, ts, seq, data, tenant_id FROM telemetry_stage ORDER BY ord
     ON CONFLICT (device_id, seq) WHERE seq IS NOT NULL DO NOTHING
-    RETURNING device_id, seq, ts, data
+    RETURNING device_id, seq, ts, data, tenant_id
 ), rolled AS (
-    INSERT INTO telemetry_fleet_1m AS f (bucket, metric, n, total, lo, hi)
-    SELECT (m.ts / 60000) * 60000, kv.key, count(*), sum((kv.value #>> '{}')::float8),
+    INSERT INTO telemetry_fleet_1m AS f (tenant_id, bucket, metric, n, total, lo, hi)
+    SELECT m.tenant_id, (m.ts / 60000) * 60000, kv.key, count(*),
+           sum((kv.value #>> '{}')::float8),
            min((kv.value #>> '{}')::float8), max((kv.value #>> '{}')::float8)
     FROM moved AS m, jsonb_each(m.data) AS kv
     WHERE jsonb_typeof(kv.value) = 'number' AND abs((kv.value #>> '{}')::float8) < 1e300
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (bucket, metric) DO UPDATE SET n = f.n + excluded.n,
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (tenant_id, bucket, metric) DO UPDATE SET n = f.n + excluded.n,
         total = f.total + excluded.total, lo = least(f.lo, excluded.lo),
         hi = greatest(f.hi, excluded.hi)
 )
@@ -69,6 +70,7 @@ _UPSERT_DEVICE = """
 INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms, tenant_id)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, meta = excluded.meta,
+    tenant_id = excluded.tenant_id,
     last_seen_ms = greatest(devices.last_seen_ms, excluded.last_seen_ms)
 """
 _AGG_SQL = {
@@ -222,7 +224,15 @@ class PostgresStore:
         for grp, (records, _) in enumerate(groups):
             for r in records:
                 rows.append(
-                    (ord_, grp, r.device_id, r.ts_ms, r.seq, orjson.dumps(r.metrics).decode())
+                    (
+                        ord_,
+                        grp,
+                        r.device_id,
+                        r.ts_ms,
+                        r.seq,
+                        orjson.dumps(r.metrics).decode(),
+                        r.tenant_id,
+                    )
                 )
                 ord_ += 1
         stored = [0] * len(groups)
@@ -238,7 +248,7 @@ class PostgresStore:
                 for row in inserted:
                     if row["seq"] is not None:
                         stored[remaining[(row["device_id"], row["seq"])]] += 1
-                for _, grp, _, _, seq, _ in rows:
+                for _, grp, _, _, seq, _, _ in rows:
                     if seq is None:
                         stored[grp] += 1
         self.batches += 1
@@ -401,11 +411,23 @@ class PostgresStore:
         return [Command.from_dict(orjson.loads(r[0])) for r in rows]
 
     async def query_fleet(
-        self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
+        self,
+        start_ms: int,
+        end_ms: int,
+        bucket_ms: int,
+        agg: str,
+        metrics: Sequence[str] = (),
+        tenant_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """From the per-minute rollup: the range and ``bucket_ms`` are whole minutes."""
-        where = "bucket >= $2 AND bucket < $3" + (" AND metric = ANY($4)" if metrics else "")
-        args: list[Any] = [bucket_ms, start_ms, end_ms] + ([list(metrics)] if metrics else [])
+        args: list[Any] = [bucket_ms, start_ms, end_ms]
+        where = "bucket >= $2 AND bucket < $3"
+        if tenant_id is not None:
+            args.append(tenant_id)
+            where += f" AND tenant_id = ${len(args)}"
+        if metrics:
+            args.append(list(metrics))
+            where += f" AND metric = ANY(${len(args)})"
         rows = await self._fetch(
             f"SELECT (bucket / $1) * $1 AS b, metric, {_FLEET_AGG_SQL[agg]} "
             f"FROM telemetry_fleet_1m WHERE {where} GROUP BY b, metric ORDER BY b",

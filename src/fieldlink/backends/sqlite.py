@@ -62,11 +62,14 @@ CREATE INDEX IF NOT EXISTS commands_open ON commands (deadline_ms)
     WHERE status IN ('pending', 'sent');
 """
 
-_INSERT = "INSERT OR IGNORE INTO telemetry (device_id, ts, seq, data) VALUES (?, ?, ?, ?)"
+_INSERT = (
+    "INSERT OR IGNORE INTO telemetry (device_id, ts, seq, data, tenant_id) VALUES (?, ?, ?, ?, ?)"
+)
 _UPSERT_DEVICE = """
 INSERT INTO devices (id, kind, meta, created_ms, last_seen_ms, tenant_id)
 VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, meta = excluded.meta,
+    tenant_id = excluded.tenant_id,
     last_seen_ms = max(coalesce(devices.last_seen_ms, 0), coalesce(excluded.last_seen_ms, 0))
 """
 _AGG_SQL = {
@@ -125,9 +128,12 @@ class SqliteStore:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         conn.executescript(SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(devices)")}
-        if "tenant_id" not in columns:  # a database from before tenants
-            conn.execute("ALTER TABLE devices ADD COLUMN tenant_id TEXT NOT NULL DEFAULT 'default'")
+        for table in ("devices", "telemetry"):  # a database from before tenants
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if "tenant_id" not in columns:
+                conn.execute(
+                    f"ALTER TABLE {table} ADD COLUMN tenant_id TEXT NOT NULL DEFAULT 'default'"
+                )
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(
             target=self._writer, args=(conn,), name="sqlite-writer", daemon=True
@@ -201,7 +207,13 @@ class SqliteStore:
                     conn.executemany(
                         _INSERT,
                         [
-                            (r.device_id, r.ts_ms, r.seq, orjson.dumps(r.metrics).decode())
+                            (
+                                r.device_id,
+                                r.ts_ms,
+                                r.seq,
+                                orjson.dumps(r.metrics).decode(),
+                                r.tenant_id,
+                            )
                             for r in payload
                         ],
                     )
@@ -378,16 +390,30 @@ class SqliteStore:
         return [Command.from_dict(orjson.loads(r[0])) for r in rows]
 
     async def query_fleet(
-        self, start_ms: int, end_ms: int, bucket_ms: int, agg: str, metrics: Sequence[str] = ()
+        self,
+        start_ms: int,
+        end_ms: int,
+        bucket_ms: int,
+        agg: str,
+        metrics: Sequence[str] = (),
+        tenant_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Straight from raw rows: SQLite serves one instance and modest fleets."""
         only = f" AND j.key IN ({', '.join('?' * len(metrics))})" if metrics else ""
+        tenant = " AND t.tenant_id = ?" if tenant_id is not None else ""
         rows = await self._read(
             f"SELECT (t.ts / ?) * ? AS bucket, j.key, {_FLEET_AGG_SQL[agg]} "
             "FROM telemetry AS t, json_each(t.data) AS j "
             "WHERE t.ts >= ? AND t.ts < ? AND j.type IN ('integer', 'real') "
-            f"AND abs(j.value) < 1e300{only} GROUP BY bucket, j.key ORDER BY bucket",
-            (bucket_ms, bucket_ms, start_ms, end_ms, *metrics),
+            f"AND abs(j.value) < 1e300{tenant}{only} GROUP BY bucket, j.key ORDER BY bucket",
+            (
+                bucket_ms,
+                bucket_ms,
+                start_ms,
+                end_ms,
+                *((tenant_id,) if tenant_id is not None else ()),
+                *metrics,
+            ),
         )
         out: list[dict[str, Any]] = []
         for bucket, key, value in rows:

@@ -41,6 +41,7 @@ class Record:
     seq: int | None = None
     meta: dict[str, Any] | None = None
     kind: str = "edge"
+    tenant_id: str = "default"  # set by ingest from the device's registration
 
     def to_event_data(self) -> dict[str, Any]:
         """The wire shape of a record: ``{"device_id", "ts", ...metrics}`` (and ``seq`` if sent)."""

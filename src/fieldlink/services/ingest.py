@@ -320,6 +320,7 @@ class Ingestor:
             self.counters.reject(DUPLICATE)
             return False
         self._register(device_id, record.kind, record.meta, now_ms, tenant_id)
+        record.tenant_id = self.devices[device_id].tenant_id
         self.cache.set_latest(record, now_ms)
         change = self.status.activity(device_id, now_ms)
         if change is not None:
