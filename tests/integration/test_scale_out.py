@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import redis.asyncio as aioredis
 
-from tests.support.clients import paho_client, ws_client
+from tests.support.clients import paho_client, wait_until, ws_client
 from tests.support.jepsen import Stream, stored_rows, tally, wait_stored
 
 
@@ -111,3 +111,28 @@ async def test_a_stopped_instance_leaves_the_group_so_its_share_is_not_parked(  
         count = tally(stream, rows)
         assert (count.acknowledged, count.lost, count.duplicated) == (100, 0, 0)
         assert a.runtime.ingestor.counters.stored == 100
+
+
+async def test_garbage_on_the_redis_channel_does_not_stop_the_bus(  # type: ignore[no-untyped-def]
+    make_hub, mosquitto, redis_server, tmp_path: Path
+) -> None:
+    async with make_hub(mqtt_url=mosquitto.url, redis_url=redis_server.url,
+                        mqtt_shared_group="g", data_dir=tmp_path / "a") as a, \
+            make_hub(mqtt_url=mosquitto.url, redis_url=redis_server.url,
+                     mqtt_shared_group="g", data_dir=tmp_path / "b") as b:
+        r = aioredis.from_url(redis_server.url)
+        try:
+            for junk in (b"not json", b'["x"]\n{}', b'{"a": 1}\n', b"\xff\xfe"):
+                await r.publish("fieldlink:events", junk)
+        finally:
+            await r.aclose()
+        bus = a.runtime.redis_bus
+        assert bus is not None
+        await wait_until(lambda: bus.malformed == 4, timeout=5)
+        async with ws_client(a.ws_url, additional_headers=a.auth) as ws:
+            await ws.subscribe("device:after")
+            async with httpx.AsyncClient(base_url=b.http_url) as http:
+                assert (await http.post("/api/telemetry",
+                                        json={"device_id": "after", "v": 1})).is_success
+            event = await ws.recv_until(lambda m: m["type"] == "telemetry", timeout=5)
+        assert event["data"]["device_id"] == "after"

@@ -196,8 +196,17 @@ class PostgresStore:
             self._devices_unsaved = []
             try:
                 results = await self._commit(groups, devices)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                error = DependencyDown(f"PostgreSQL write failed: {exc}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any failure
+                # Connection errors are expected while the database is away; asyncpg can also
+                # raise InternalClientError for a connection the server cut mid-COPY. Either
+                # way this batch failed, the connection is dropped, and the loop goes on.
+                if not isinstance(
+                    exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+                ):
+                    log.warning("PostgreSQL write failed unexpectedly: %r", exc)
+                error = DependencyDown(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
                 self._devices_unsaved = devices
                 for _, future in groups:
                     if not future.done():

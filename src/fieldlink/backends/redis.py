@@ -67,6 +67,7 @@ class RedisBus:
         self.received = 0
         self.dropped = 0
         self.reconnects = 0
+        self.malformed = 0
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
 
     def subscribe(self, handler: EventHandler) -> None:
@@ -155,7 +156,12 @@ class RedisBus:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _deliver(self, message: bytes) -> None:
-        origin, event = decode_event(message)
+        try:
+            origin, event = decode_event(message)
+        except (ValueError, TypeError) as exc:  # not ours: never let it stop the listener
+            self.malformed += 1
+            log.warning("ignored a malformed message on %s: %s", EVENTS_CHANNEL, exc)
+            return
         if origin == self.instance_id:
             return  # already delivered locally at publish time
         self.received += 1

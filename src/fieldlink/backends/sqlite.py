@@ -221,10 +221,10 @@ class SqliteStore:
                     results.append((future, WriteResult(stored, len(payload) - stored)))
                 conn.execute("COMMIT")
                 self.batches += 1
-            except sqlite3.Error as exc:
+            except Exception as exc:  # noqa: BLE001 - the writer thread must never die
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                error = DependencyDown(f"SQLite write failed: {exc}")
+                error = DependencyDown(f"SQLite write failed: {type(exc).__name__}: {exc}")
                 results = [(f, error) for _, f in items if f is not None and _ is not _STOP]
             for future, result in results:
                 loop.call_soon_threadsafe(self._resolve, future, result)
