@@ -267,7 +267,10 @@ async def test_100_concurrent_commands_with_a_device_drop_and_a_broker_restart( 
         assert len(set(body["stages"]) & TERMINAL) == 1, body
         key = f"{body['status']}/{body.get('reason')}"
         outcomes[key] = outcomes.get(key, 0) + 1
-    print(f"100 commands: {outcomes}")
+    print(f"100 commands: {outcomes}; acks sent by devices "
+          f"{sum(d.acks_sent for d in devices)}, received by the hub "
+          f"{hub.runtime.commands.counters.acks}, control messages received by devices "
+          f"{sum(len(d.commands_received) for d in devices)}")
     assert all(len(v) == 1 for v in to_requester.values()) and len(to_requester) == 100
     assert all(len(v) == 1 for v in to_all.values()) and len(to_all) == 100
     assert {k: v[0] for k, v in to_requester.items()} == {b["id"]: b["status"] for b in logged}

@@ -274,3 +274,26 @@ async def test_broker_restart_reconnects_within_5_s_and_resumes(  # type: ignore
         assert count.lost == 0 and count.duplicated == 0
         assert hub.runtime.ingestor.counters.stored > stored_before
         assert reconnect_s < 5
+
+
+async def test_broker_outage_backs_off_and_reconnects_once_it_is_back(  # type: ignore[no-untyped-def]
+    make_hub, mosquitto, tmp_path: Path
+) -> None:
+    from fieldlink.mqtt.listener import RECONNECT_MAX_S, RECONNECT_MIN_S
+
+    async with make_hub(mqtt_url=mosquitto.url, data_dir=tmp_path / "hub") as hub:
+        listener = hub.runtime.mqtt
+        assert listener is not None
+        config = listener.client._connection_state.config  # gmqtt reads it before each retry
+        mosquitto.stop()
+        await wait_until(lambda: not listener.connected.is_set(), timeout=5)
+        # Failed attempts double the delay: 0.25, 0.5, 1, 2, 4 s (the cap).
+        await wait_until(lambda: config["reconnect_delay"] >= 2.0, timeout=15,
+                         what="the reconnect delay grows")
+        assert config["reconnect_delay"] <= RECONNECT_MAX_S
+        mosquitto.start()
+        back = time.monotonic()
+        await wait_until(listener.connected.is_set, timeout=RECONNECT_MAX_S + 1,
+                         what="reconnected within the cap")
+        print(f"broker outage: reconnected {time.monotonic() - back:.2f} s after it was back")
+        await wait_until(lambda: config["reconnect_delay"] == RECONNECT_MIN_S, timeout=2)

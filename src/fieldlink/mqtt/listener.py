@@ -34,6 +34,10 @@ log = logging.getLogger("fieldlink.mqtt")
 # away. mosquitto keeps routing a shared subscription's share to a member that crashed, so this
 # also bounds how long a crashed instance that never returns holds its share (docs/scale-out.md).
 SESSION_EXPIRY_S = 24 * 3600
+# Reconnect backoff: 0.25 s, doubling per failed attempt, capped at 4 s (so a broker that comes
+# back is found within 4 s, and a long outage costs one attempt every 4 s).
+RECONNECT_MIN_S = 0.25
+RECONNECT_MAX_S = 4.0
 RECEIVE_MAXIMUM = 10_000
 
 
@@ -95,7 +99,10 @@ class MqttIngest:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
-        self.client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
+        self.client.set_config(
+            {"reconnect_retries": -1, "reconnect_delay": RECONNECT_MIN_S}
+        )
+        self._backoff: asyncio.Task[None] | None = None
         self.connects = 0
         self.stopping = False
         # With several instances each message must be handled once: a shared subscription
@@ -116,6 +123,8 @@ class MqttIngest:
         unacknowledged is sent again when this session resumes."""
         if self._drainer is not None:
             self._drainer.cancel()
+        if self._backoff is not None:
+            self._backoff.cancel()
         if self.shared and self.connected.is_set():
             for topic_filter in self.filters:
                 self.client.unsubscribe(topic_filter)
@@ -187,8 +196,23 @@ class MqttIngest:
         self.connected.clear()
         if self.stopping:
             log.info("mqtt disconnected from %s:%d (shutting down)", self.host, self.port)
-        else:
-            log.warning("mqtt disconnected from %s:%d; reconnecting", self.host, self.port)
+            return
+        log.warning("mqtt disconnected from %s:%d; reconnecting", self.host, self.port)
+        if self._backoff is None or self._backoff.done():
+            self._backoff = asyncio.get_running_loop().create_task(self._grow_backoff())
+
+    async def _grow_backoff(self) -> None:
+        """gmqtt retries with the configured delay, read before each attempt, and counts its
+        failed attempts; keep the delay at min(max, min * 2^failures) until connected."""
+        state = getattr(self.client, "_connection_state", None)
+        try:
+            while not self.connected.is_set() and not self.stopping:
+                failures = int(getattr(state, "failed_connections", 0))
+                delay = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2 ** min(failures, 8))
+                self.client.set_config({"reconnect_delay": delay})
+                await asyncio.sleep(0.05)
+        finally:
+            self.client.set_config({"reconnect_delay": RECONNECT_MIN_S})
 
     def _ingest(self, topic: Any, payload: bytes) -> asyncio.Future[Any] | None:
         if not isinstance(topic, str):  # gmqtt hands over undecodable topics as bytes

@@ -101,7 +101,11 @@ class SimulatedDevice:
         self.backlog: deque[dict[str, Any]] = deque(maxlen=BACKLOG_MAX)
         self.mqtt_connected = False
         self._last_ts = 0.0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fieldlink-{self.id}")
+        # A persistent session: commands (QoS 1 on the control topic) sent while the device is
+        # reconnecting are kept by the broker and delivered when it is back.
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"fieldlink-{self.id}", clean_session=False
+        )
         self.client.will_set(self._topic("status"), "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.on_connect = self._on_connect
