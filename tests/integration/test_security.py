@@ -374,9 +374,9 @@ async def test_rate_limits_answer_with_a_retry_hint(hub) -> None:  # type: ignor
         assert (await ws.recv_until(lambda m: m.get("id") == "after"))["type"] == "pong"
     async with httpx.AsyncClient(base_url=hub.http_url) as http:
         answers = [await http.post("/api/telemetry", json={"device_id": "fast", "v": i})
-                   for i in range(60)]
+                   for i in range(150)]
         logins = [await http.post("/api/auth/token", json={"username": "admin", "password": "x"})
-                  for _ in range(45)]
+                  for _ in range(80)]
     codes = [a.status_code for a in answers]
     assert codes[:40] == [200] * 40 and 429 in codes
     limited_http = next(a for a in answers if a.status_code == 429)
