@@ -19,6 +19,7 @@ from websockets.http11 import Request as WsRequest
 
 from fieldlink.core.access import DEFAULT_TENANT, Principal
 from fieldlink.core.errors import FieldlinkError
+from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.services.identity import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
@@ -35,29 +36,6 @@ class RateLimited(FieldlinkError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-class TokenBuckets:
-    """Per-key token buckets (devices on HTTP ingest). Bounded: idle keys are dropped."""
-
-    def __init__(self, rate_per_s: float, burst: float, max_keys: int = 100_000) -> None:
-        self.rate = rate_per_s
-        self.burst = burst
-        self.max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """0 if allowed, else seconds until the next request would be."""
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-        if len(self._buckets) >= self.max_keys and key not in self._buckets:
-            self._buckets.clear()
-        self._buckets[key] = (tokens - 1.0, now)
-        return 0.0
 
 
 def is_loopback(host: str | None) -> bool:
@@ -81,7 +59,7 @@ class Auth:
         self.identity = runtime.identity
         settings = runtime.settings
         self.allowed_origins = set(settings.allowed_origins)
-        self.device_buckets = TokenBuckets(settings.device_rate_per_s, settings.device_rate_burst)
+        self.device_limiter = RateLimiter(settings.device_rate_per_s, settings.device_rate_burst)
         self.refused: dict[str, int] = {}
 
     def allow_own_origins(self, hosts: Iterable[str], port: int) -> None:
@@ -183,7 +161,7 @@ class Auth:
         )
 
     def rate_limit(self, key: str) -> None:
-        wait_s = self.device_buckets.take(key)
+        wait_s = self.device_limiter.take(key, time.monotonic())
         if wait_s > 0:
             self.refused["rate_limited"] = self.refused.get("rate_limited", 0) + 1
             raise RateLimited("too many requests for this device; slow down", wait_s)

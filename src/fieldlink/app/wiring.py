@@ -20,6 +20,7 @@ from fieldlink.core import channels
 from fieldlink.core.access import Principal, can_command, can_read, can_subscribe
 from fieldlink.core.closecodes import CloseCode
 from fieldlink.core.errors import FieldlinkError, ValidationError
+from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
 from fieldlink.gateway import protocol
@@ -180,15 +181,18 @@ class Runtime:
         )
         self.identity.on_device_credentials.append(self._broker_user_added)
         self.ingestor.credential_tenant = self.identity.credential_tenant
-        self.ingestor.device_rate_per_s = settings.mqtt_device_rate_per_s
+        if settings.mqtt_device_rate_per_s > 0:
+            rate = settings.mqtt_device_rate_per_s
+            self.ingestor.device_limiter = RateLimiter(rate, rate * 2, max_keys=200_000)
         self.auth = Auth(self)
         self.auth.allow_own_origins(
             {settings.http_host, "127.0.0.1", "localhost"}, settings.http_port
         )
         self.hub.authorize = self._may_subscribe
         self.hub.on_auth = self._ws_refresh
-        self.hub.messages_per_s = settings.ws_messages_per_s
-        self.hub.messages_burst = max(1.0, settings.ws_messages_per_s * 2)
+        self.hub.message_limiter = RateLimiter(
+            settings.ws_messages_per_s, max(1.0, settings.ws_messages_per_s * 2)
+        )
         self.admin_token_path: Path | None = None
         self.handshake_stats = HandshakeStats()
         self.gateway_settings = GatewaySettings(

@@ -202,9 +202,7 @@ class PostgresStore:
                 # Connection errors are expected while the database is away; asyncpg can also
                 # raise InternalClientError for a connection the server cut mid-COPY. Either
                 # way this batch failed, the connection is dropped, and the loop goes on.
-                if not isinstance(
-                    exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-                ):
+                if not isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
                     log.warning("PostgreSQL write failed unexpectedly: %r", exc)
                 error = DependencyDown(f"PostgreSQL write failed: {type(exc).__name__}: {exc}")
                 self._devices_unsaved = devices

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from fieldlink.core import channels
 from fieldlink.core.closecodes import CloseCode
 from fieldlink.core.errors import ProtocolError
+from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.gateway import protocol
 from fieldlink.gateway.frames import text_frame
 from fieldlink.ports import Event
@@ -134,9 +135,8 @@ class Hub:
         self.authorize: Callable[[Member, str], bool] | None = None
         # A client's {"type": "auth", "token"} (token refresh); returns the reply frame.
         self.on_auth: Callable[[Member, dict[str, Any]], bytes] | None = None
-        # Per-connection message rate (token bucket): sustained rate and burst.
-        self.messages_per_s = 50.0
-        self.messages_burst = 100.0
+        # Per-connection message rate (the runtime sets it from its settings).
+        self.message_limiter = RateLimiter(50.0, 100.0)
         self.private_channel_ttl_s = 5.0
 
     # ---- events in ----------------------------------------------------------------------
@@ -275,6 +275,7 @@ class Hub:
                 channel.members.discard(member)
         member.subscriptions.clear()
         member.backlog.clear()
+        self.message_limiter.forget(member)
         self.paused.discard(member)
         self.members.discard(member)
         self.stats.connected = len(self.members)
@@ -309,7 +310,7 @@ class Hub:
         """One client text message. Mistakes are answered with an error frame; the connection
         stays open."""
         message: dict[str, Any] | None = None
-        wait_s = self._take_token(member)
+        wait_s = self.message_limiter.take(member, time.monotonic())
         if wait_s > 0:
             self.stats.rate_limited += 1
             member.send(protocol.rate_limited(int(wait_s * 1000) + 1))
@@ -339,17 +340,6 @@ class Hub:
         except ProtocolError as exc:
             self.stats.client_errors += 1
             member.send(protocol.error(exc.code, exc.message, message))
-
-    def _take_token(self, member: Member) -> float:
-        """Token bucket per member: 0 if the message may go, else seconds to wait."""
-        now = time.monotonic()
-        tokens, last = getattr(member, "bucket", (self.messages_burst, now))
-        tokens = min(self.messages_burst, tokens + (now - last) * self.messages_per_s)
-        if tokens < 1.0:
-            member.bucket = (tokens, now)  # type: ignore[attr-defined]
-            return (1.0 - tokens) / self.messages_per_s
-        member.bucket = (tokens - 1.0, now)  # type: ignore[attr-defined]
-        return 0.0
 
     def count_subject(self, subject: str) -> int:
         """Open connections authenticated as ``subject`` (per-user cap)."""

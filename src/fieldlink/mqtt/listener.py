@@ -99,9 +99,7 @@ class MqttIngest:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
-        self.client.set_config(
-            {"reconnect_retries": -1, "reconnect_delay": RECONNECT_MIN_S}
-        )
+        self.client.set_config({"reconnect_retries": -1, "reconnect_delay": RECONNECT_MIN_S})
         self._backoff: asyncio.Task[None] | None = None
         self.connects = 0
         self.stopping = False

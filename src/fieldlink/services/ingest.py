@@ -33,6 +33,7 @@ from fieldlink.core.codec import DEFAULT_LIMITS, Limits, decode_json, parse_stat
 from fieldlink.core.dedupe import DedupeWindow
 from fieldlink.core.errors import DependencyDown, FieldlinkError, ValidationError
 from fieldlink.core.model import Device, Record, is_valid_device_id
+from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.core.status import StatusBook, StatusChange
 from fieldlink.core.topics import TopicKind, TopicScheme
 from fieldlink.ports import Bus, Cache, Event, Store, WriteResult
@@ -134,8 +135,8 @@ class Ingestor:
         self._retry_task: asyncio.Task[None] | None = None
         self.retry_backoff_s = (0.1, 2.0)
         self.store_down = False
-        self.device_rate_per_s = 0.0  # MQTT records per device per second; 0: no limit
-        self._device_buckets: dict[str, tuple[float, int]] = {}
+        # MQTT records per device (set by the runtime); over it they are ``rate_limited``.
+        self.device_limiter: RateLimiter | None = None
         # The tenant a device's credentials assign it to (identity service); None: anonymous.
         self.credential_tenant: Callable[[str], str | None] = lambda device_id: None
         # Command acks (edge/{id}/ack) go to the command service: (device_id, payload) -> future.
@@ -168,7 +169,12 @@ class Ingestor:
             return None
         self.counters.received += 1
         now_ms = self.clock_ms()
-        if match.device_id is not None and not self._within_rate(match.device_id, now_ms):
+        limiter = self.device_limiter
+        if (
+            limiter is not None
+            and match.device_id is not None
+            and limiter.take(match.device_id, now_ms / 1000) > 0
+        ):
             self.counters.reject(RATE_LIMITED)
             return None
         try:
@@ -287,23 +293,6 @@ class Ingestor:
                 )
 
     # ---- the shared path ----------------------------------------------------------------
-
-    def _within_rate(self, device_id: str, now_ms: int) -> bool:
-        """Per-device token bucket for MQTT telemetry (``device_rate_per_s``, burst twice
-        that). Over it, records are rejected and counted as ``rate_limited``."""
-        rate = self.device_rate_per_s
-        if rate <= 0:
-            return True
-        buckets = self._device_buckets
-        tokens, last = buckets.get(device_id, (rate * 2, now_ms))
-        tokens = min(rate * 2, tokens + (now_ms - last) * rate / 1000)
-        if tokens < 1.0:
-            buckets[device_id] = (tokens, now_ms)
-            return False
-        if len(buckets) >= 200_000 and device_id not in buckets:
-            buckets.clear()
-        buckets[device_id] = (tokens - 1.0, now_ms)
-        return True
 
     def tenant_of(self, device_id: str) -> str:
         """The tenant a device belongs to: its registration, else its credentials, else the
