@@ -44,6 +44,8 @@ def test_channel_catalogue() -> None:
     assert channels.parse("all") == ("all", None)
     assert channels.parse("device:a:b") == ("device", "a:b")
     assert channels.parse("tenant:acme") == ("tenant", "acme")
+    assert channels.tenant_in(channels.for_device_event("n1", "acme")) == "acme"
+    assert channels.tenant_in(("device:n1", "all")) is None
     for bad in ("device:", "device:has space", "tenant:", "command:c1", "ALL", 5, None,
                 "device:" + "x" * 129):
         with pytest.raises(ProtocolError):

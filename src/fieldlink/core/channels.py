@@ -39,6 +39,14 @@ def for_command_event(
     return (COMMAND_PREFIX + command_id, *for_device_event(device_id, tenant_id))
 
 
+def tenant_in(event_channels: tuple[str, ...]) -> str | None:
+    """The tenant named by an event's channels (``for_device_event`` puts it there)."""
+    for name in event_channels:
+        if name.startswith(TENANT_PREFIX):
+            return name[len(TENANT_PREFIX) :]
+    return None
+
+
 def parse(channel: object) -> tuple[str, str | None]:
     """Validate a channel name from a client: ``("all", None)``, ``("device", id)`` or
     ``("tenant", id)``."""

@@ -314,15 +314,19 @@ class Ingestor:
         change = self.status.activity(device_id, now_ms)
         if change is not None:
             self.publish_status(change)
+        self._publish_telemetry(record, record.tenant_id)
+        return True
+
+    def _publish_telemetry(self, record: Record, tenant_id: str, local_only: bool = False) -> None:
         self.bus.publish(
             Event(
                 "telemetry",
-                channels.for_device_event(device_id, self.devices[device_id].tenant_id),
+                channels.for_device_event(record.device_id, tenant_id),
                 orjson.dumps(record.to_event_data()),
-                device_id,
+                record.device_id,
+                local_only,
             )
         )
-        return True
 
     def _register(
         self,
@@ -558,15 +562,7 @@ class Ingestor:
                 continue
             newer += 1
             self.cache.remember(record, now_ms)
-            self.bus.publish(
-                Event(
-                    "telemetry",
-                    channels.for_device_event(record.device_id, self.tenant_of(record.device_id)),
-                    orjson.dumps(record.to_event_data()),
-                    record.device_id,
-                    local_only=True,
-                )
-            )
+            self._publish_telemetry(record, self.tenant_of(record.device_id), local_only=True)
         return newer
 
     # ---- other instances' events --------------------------------------------------------
@@ -588,14 +584,7 @@ class Ingestor:
                 self.cache.remember(Record(device_id, ts_ms, data, seq, None, kind), now_ms)
                 self.status.seen(device_id, now_ms)
                 if device is None:
-                    tenant = next(
-                        (
-                            c[len(channels.TENANT_PREFIX) :]
-                            for c in event.channels
-                            if c.startswith(channels.TENANT_PREFIX)
-                        ),
-                        DEFAULT_TENANT,
-                    )
+                    tenant = channels.tenant_in(event.channels) or DEFAULT_TENANT
                     self.devices[device_id] = Device(device_id, kind, {}, now_ms, now_ms, tenant)
             elif event.type == "device":
                 known = self.devices.get(device_id)
