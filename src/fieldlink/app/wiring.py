@@ -138,6 +138,7 @@ class Runtime:
             bus=self.bus,
             status=self.status,
             devices=self.ingestor.devices,
+            tenant_of=self.ingestor.tenant_of,
             scheme=self.scheme,
             clock_ms=now_ms,
             publish=self._publish_mqtt,
@@ -266,9 +267,7 @@ class Runtime:
 
     def _broker_user_added(self, device_id: str, broker_hash: str) -> None:
         if self.broker is not None and self.settings.device_auth and broker_hash:
-            users = dict(self.broker._users)
-            users[device_id] = broker_hash
-            self.broker.set_users(users)
+            self.broker.add_user(device_id, broker_hash)
 
     def close_sessions(self, subject: str) -> int:
         """Close every WebSocket of a user (revoked), with 4003."""

@@ -131,6 +131,10 @@ class EmbeddedBroker:
         self.hub_password = secrets.token_urlsafe(24)
         self._users: dict[str, str] = {}
 
+    def add_user(self, device_id: str, broker_hash: str) -> None:
+        """New credentials for one device (mosquitto reloads the file)."""
+        self.set_users({**self._users, device_id: broker_hash})
+
     def set_users(self, hashes: dict[str, str]) -> None:
         """Device id -> mosquitto hash; the file is rewritten and mosquitto reloads it."""
         self._users = dict(hashes)

@@ -75,6 +75,7 @@ class CommandService:
         bus: Bus,
         status: StatusBook,
         devices: dict[str, Device],
+        tenant_of: Callable[[str], str],
         scheme: TopicScheme,
         clock_ms: Callable[[], int],
         publish: PublishFn,
@@ -87,6 +88,7 @@ class CommandService:
         self.bus = bus
         self.status = status
         self.devices = devices
+        self.tenant_of = tenant_of  # the ingestor's: registration, credentials, or default
         self.scheme = scheme
         self.clock_ms = clock_ms
         self.publish_control = publish
@@ -251,17 +253,13 @@ class CommandService:
             Event(
                 "command",
                 channels.for_command_event(
-                    command.id, command.device_id, self._tenant(command.device_id)
+                    command.id, command.device_id, self.tenant_of(command.device_id)
                 ),
                 orjson.dumps(body),
                 command.id,
                 final=command.terminal,
             )
         )
-
-    def _tenant(self, device_id: str) -> str:
-        device = self.devices.get(device_id)
-        return device.tenant_id if device is not None else "default"
 
     def _on_event(self, event: Event) -> None:
         """Bus handler (this instance's events and others'): wake REST waiters, and send
