@@ -166,29 +166,28 @@ class MqttIngest:
         beyond that, messages wait here in order and go out as acknowledgements free room."""
         if not self.connected.is_set():
             return False
-        if self._outbox:
-            self._outbox.append((topic, payload))
-            return True
-        try:
-            self.client.publish(topic, payload, qos=1)
-        except OverflowError:  # gmqtt: every packet id is in flight
-            self._outbox.append((topic, payload))
-            if self._drainer is None or self._drainer.done():
-                self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        self._outbox.append((topic, payload))
+        self._send_outbox()
         return True
+
+    def _send_outbox(self) -> None:
+        """Send what waits, in order, until gmqtt has no packet id left; then retry soon."""
+        while self._outbox:
+            topic, payload = self._outbox[0]
+            try:
+                self.client.publish(topic, payload, qos=1)
+            except OverflowError:  # gmqtt: every packet id is in flight
+                if self._drainer is None or self._drainer.done():
+                    self._drainer = asyncio.get_running_loop().create_task(self._drain())
+                return
+            self._outbox.popleft()
 
     async def _drain(self) -> None:
         while self._outbox:
             await asyncio.sleep(0.005)
-            if not self.connected.is_set():
-                continue  # gmqtt resends what is in flight; the rest waits for the reconnect
-            while self._outbox:
-                topic, payload = self._outbox[0]
-                try:
-                    self.client.publish(topic, payload, qos=1)
-                except OverflowError:
-                    break
-                self._outbox.popleft()
+            # While disconnected gmqtt resends what is in flight; the rest waits for the link.
+            if self.connected.is_set():
+                self._send_outbox()
 
     def _on_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         self.connected.clear()
