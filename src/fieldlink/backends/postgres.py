@@ -11,15 +11,16 @@ several instances may start at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
 
 import asyncpg
 import orjson
 
-from fieldlink.backends.rows import command_row
+from fieldlink.backends.rows import bucket_rows, command_row, commands_from
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
@@ -263,16 +264,21 @@ class PostgresStore:
 
     # ---- reads --------------------------------------------------------------------------
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        """A read on the pool; an unreachable database is ``DependencyDown`` (HTTP 503)."""
+    @contextlib.contextmanager
+    def _pool_or_unavailable(self) -> Iterator[asyncpg.Pool]:
+        """The read pool; an unreachable database becomes ``DependencyDown`` (HTTP 503)."""
         if self._pool is None:
             raise DependencyDown("the PostgreSQL store is not started")
         try:
-            rows: list[Any] = await self._pool.fetch(sql, *args)
+            yield self._pool
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
             raise DependencyDown(f"PostgreSQL is unavailable: {type(exc).__name__}") from exc
         except asyncpg.CannotConnectNowError as exc:
             raise DependencyDown("PostgreSQL is starting or stopping") from exc
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        with self._pool_or_unavailable() as pool:
+            rows: list[Any] = await pool.fetch(sql, *args)
         return rows
 
     async def get_device(self, device_id: str) -> Device | None:
@@ -317,7 +323,7 @@ class PostgresStore:
             start_ms,
             end_ms,
         )
-        return _bucket_rows(rows, agg)
+        return bucket_rows(rows, agg)
 
     async def latest(self, device_id: str) -> Record | None:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
@@ -357,14 +363,8 @@ class PostgresStore:
     # ---- command log (CommandLog) -------------------------------------------------------
 
     async def _execute(self, sql: str, *args: Any) -> str:
-        if self._pool is None:
-            raise DependencyDown("the PostgreSQL store is not started")
-        try:
-            status: str = await self._pool.execute(sql, *args)
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
-            raise DependencyDown(f"PostgreSQL is unavailable: {type(exc).__name__}") from exc
-        except asyncpg.CannotConnectNowError as exc:
-            raise DependencyDown("PostgreSQL is starting or stopping") from exc
+        with self._pool_or_unavailable() as pool:
+            status: str = await pool.execute(sql, *args)
         return status
 
     async def insert_command(self, command: Command) -> bool:
@@ -390,7 +390,7 @@ class PostgresStore:
 
     async def get_command(self, command_id: str) -> Command | None:
         rows = await self._fetch("SELECT doc::text FROM commands WHERE id = $1", command_id)
-        return Command.from_dict(orjson.loads(rows[0][0])) if rows else None
+        return commands_from(rows)[0] if rows else None
 
     async def list_commands(self, device_id: str, limit: int) -> list[Command]:
         rows = await self._fetch(
@@ -398,7 +398,7 @@ class PostgresStore:
             device_id,
             limit,
         )
-        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+        return commands_from(rows)
 
     async def due_commands(self, now_ms: int, limit: int) -> list[Command]:
         rows = await self._fetch(
@@ -407,7 +407,7 @@ class PostgresStore:
             now_ms,
             limit,
         )
-        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+        return commands_from(rows)
 
     async def pending_commands(self, device_id: str | None) -> list[Command]:
         rows = await self._fetch(
@@ -415,7 +415,7 @@ class PostgresStore:
             "AND status = 'pending' ORDER BY created_ms",
             device_id,
         )
-        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+        return commands_from(rows)
 
     async def query_fleet(
         self,
@@ -440,16 +440,7 @@ class PostgresStore:
             f"FROM telemetry_fleet_1m WHERE {where} GROUP BY b, metric ORDER BY b",
             *args,
         )
-        return _bucket_rows(rows, agg)
-
-
-def _bucket_rows(rows: Sequence[Any], agg: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for bucket, key, value in rows:
-        if not out or out[-1]["ts"] != bucket:
-            out.append({"ts": bucket})
-        out[-1][key] = int(value) if agg == "count" else float(value)
-    return out
+        return bucket_rows(rows, agg)
 
 
 def _device(row: Any) -> Device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -20,3 +21,19 @@ def command_row(command: Command) -> tuple[Any, ...]:
         command.deadline_ms,
         orjson.dumps(command.to_dict()).decode(),
     )
+
+
+def commands_from(rows: Sequence[Any]) -> list[Command]:
+    """Commands from rows whose first column is the JSON ``doc``."""
+    return [Command.from_dict(orjson.loads(row[0])) for row in rows]
+
+
+def bucket_rows(rows: Sequence[Any], agg: str) -> list[dict[str, Any]]:
+    """``(bucket, metric, value, ...)`` rows in bucket order -> ``[{"ts": bucket, metric:
+    value, ...}]`` (counts as integers, everything else as floats)."""
+    out: list[dict[str, Any]] = []
+    for bucket, key, value, *_ in rows:
+        if not out or out[-1]["ts"] != bucket:
+            out.append({"ts": bucket})
+        out[-1][key] = int(value) if agg == "count" else float(value)
+    return out

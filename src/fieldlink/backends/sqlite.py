@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from fieldlink.backends.rows import command_row
+from fieldlink.backends.rows import bucket_rows, command_row, commands_from
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
@@ -285,12 +285,7 @@ class SqliteStore:
             "GROUP BY bucket, j.key ORDER BY bucket",
             (bucket_ms, bucket_ms, device_id, start_ms, end_ms),
         )
-        out: list[dict[str, Any]] = []
-        for bucket, key, value, *_ in rows:
-            if not out or out[-1]["ts"] != bucket:
-                out.append({"ts": bucket})
-            out[-1][key] = float(value) if agg != "count" else value
-        return out
+        return bucket_rows(rows, agg)
 
     async def latest(self, device_id: str) -> Record | None:
         rows = await self.query_range(device_id, 0, 2**62, 1, newest_first=True)
@@ -364,14 +359,14 @@ class SqliteStore:
 
     async def get_command(self, command_id: str) -> Command | None:
         rows = await self._read("SELECT doc FROM commands WHERE id = ?", (command_id,))
-        return Command.from_dict(orjson.loads(rows[0][0])) if rows else None
+        return commands_from(rows)[0] if rows else None
 
     async def list_commands(self, device_id: str, limit: int) -> list[Command]:
         rows = await self._read(
             "SELECT doc FROM commands WHERE device_id = ? ORDER BY created_ms DESC LIMIT ?",
             (device_id, limit),
         )
-        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+        return commands_from(rows)
 
     async def due_commands(self, now_ms: int, limit: int) -> list[Command]:
         rows = await self._read(
@@ -379,7 +374,7 @@ class SqliteStore:
             "ORDER BY deadline_ms LIMIT ?",
             (now_ms, limit),
         )
-        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+        return commands_from(rows)
 
     async def pending_commands(self, device_id: str | None) -> list[Command]:
         rows = await self._read(
@@ -387,7 +382,7 @@ class SqliteStore:
             "ORDER BY created_ms",
             (device_id, device_id),
         )
-        return [Command.from_dict(orjson.loads(r[0])) for r in rows]
+        return commands_from(rows)
 
     async def query_fleet(
         self,
@@ -415,12 +410,7 @@ class SqliteStore:
                 *metrics,
             ),
         )
-        out: list[dict[str, Any]] = []
-        for bucket, key, value in rows:
-            if not out or out[-1]["ts"] != bucket:
-                out.append({"ts": bucket})
-            out[-1][key] = float(value) if agg != "count" else value
-        return out
+        return bucket_rows(rows, agg)
 
 
 def _device(row: tuple[Any, ...]) -> Device:
