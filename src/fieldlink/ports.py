@@ -1,36 +1,24 @@
-"""The seams between the hub and its backends. One small Protocol each; every implementation
-(memory, sqlite, and later postgres/redis) honours the contract in the docstring, and the
-contract test suite (tests/contract) runs against all of them.
+"""The seams of the hub. One small Protocol each, handed to a component's constructor.
+
+Backends (store, cache, bus): every implementation (memory, SQLite, PostgreSQL, Redis) honours
+the contract in the docstring, and the contract suites in tests/contract run against all of
+them. The other seams (devices, credentials, the MQTT publisher, broker accounts, sessions) are
+how services and transports reach each other without importing each other.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fieldlink.core.commands import Command, Status
+from fieldlink.core.access import Principal
+from fieldlink.core.commands import Command, CommandRequest, Status
+from fieldlink.core.events import DeviceStatus, DomainEvent
+from fieldlink.core.measures import Measure
 from fieldlink.core.model import Device, Record
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A live event on its way to clients.
-
-    ``data`` is the event body already encoded as JSON, exactly once, at the source; the gateway
-    wraps it per channel without decoding it again. ``channels`` lists every channel that carries
-    it (``device:n1``, ``all``). ``key`` names what the event is about (the device id): a
-    client that lags behind receives only the latest event per ``(channel, type, key)``.
-    ``local_only`` events (silence-based status) are computed by every instance itself.
-    """
-
-    type: str
-    channels: tuple[str, ...]
-    data: bytes
-    key: str = ""
-    local_only: bool = False  # derived identically on every instance: never sent to others
-    final: bool = False  # the last event of its private channel (a command's terminal state)
+from fieldlink.core.topics import TopicMatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,28 +127,172 @@ class Cache(Protocol):
     implementation keeps a local mirror so the hot path never awaits it."""
 
     def set_latest(self, record: Record, now_ms: int) -> None:
-        """This instance ingested the record: remember it (and publish it to a shared cache)."""
+        """This instance ingested the record: remember it (and publish it to a shared cache).
+        A record older than the one held (and not expired) is ignored."""
 
     def remember(self, record: Record, now_ms: int) -> None:
         """Another instance ingested it (and wrote any shared cache): update local reads only."""
 
-    def get_latest(self, device_id: str, now_ms: int) -> Record | None: ...
+    def get_latest(self, device_id: str, now_ms: int) -> Record | None:
+        """The newest record set or remembered within the TTL, else None."""
+
+    async def rebuild(self, now_ms: int) -> int:
+        """Write every live entry back to the shared cache (after it restarted empty); returns
+        how many. The in-process cache has nothing to rebuild."""
+
+    async def close(self) -> None: ...
 
 
-EventHandler = Callable[[Event], None]
+EventHandler = Callable[[DomainEvent], None]
+ResumeHandler = Callable[[], Awaitable[None]]
 
 
 class Bus(Protocol):
-    """Carries events from the instance that produced them to every gateway.
+    """Carries domain events from the instance that produced them to every handler.
 
-    The in-process bus is single node only. Delivery is at most once; a handler is called in
-    publish order for events of one producer, and must not block (it only enqueues). Handlers
-    registered before ``publish`` see every event published after registration. This
-    instance's events reach its own handlers synchronously inside ``publish``.
+    Delivery is at most once. Handlers are called in publish order for the events of one
+    producer and must not block (they only enqueue or update memory). This instance's events
+    reach its handlers synchronously inside ``publish`` (except ``remote_only`` handlers);
+    other instances' events (never ``local_only`` ones) arrive through ``start``ed listening.
+    A handler registered before ``publish`` sees every event published after registration.
+    The in-process bus is single node only: it has no remote events and never resumes.
     """
 
-    def subscribe(self, handler: EventHandler) -> None: ...
+    def subscribe(self, handler: EventHandler, *, remote_only: bool = False) -> None:
+        """Call ``handler`` for every event; with ``remote_only``, only for other instances'
+        events (read models follow them), before the other handlers see them."""
 
-    def publish(self, event: Event) -> None: ...
+    def on_resume(self, handler: ResumeHandler) -> None:
+        """Await ``handler`` each time the bus is back after losing other instances (events
+        were missed meanwhile), before later remote events are delivered."""
+
+    def publish(self, event: DomainEvent) -> None: ...
+
+    async def start(self) -> None:
+        """Listen to other instances; returns once nothing published from now on is missed."""
 
     async def close(self) -> None: ...
+
+    def ok(self) -> bool:
+        """Health: False while other instances are unreachable."""
+
+    def measures(self) -> Iterable[Measure]: ...
+
+
+class DeviceDirectory(Protocol):
+    """Who the registered devices are (the device registry)."""
+
+    def get(self, device_id: str) -> Device | None: ...
+
+    def tenant_of(self, device_id: str) -> str:
+        """Its registration's tenant, else its credentials', else the default tenant."""
+
+
+class CredentialDirectory(Protocol):
+    """Which devices have credentials (the identity service)."""
+
+    def credential_tenant(self, device_id: str) -> str | None:
+        """The tenant a device's credentials assign it to; None for a device without any."""
+
+
+class BrokerAccounts(Protocol):
+    """The embedded broker's per-device accounts (``--device-auth``)."""
+
+    def add_user(self, device_id: str, broker_hash: str) -> None:
+        """Let the device log in with the key whose broker hash this is (reloads the broker)."""
+
+
+class ControlPublisher(Protocol):
+    """Messages from the hub to devices (commands on ``edge/{id}/control``), QoS 1.
+
+    ``publish`` never blocks: it hands the message to the broker connection or to a bounded
+    outbox in order, and returns False when the connection is down or the outbox is full (the
+    caller keeps the command pending). ``connections`` counts successful connects, so a caller
+    can tell that the link came back and send what it held back."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def connections(self) -> int: ...
+
+    def publish(self, topic: str, payload: bytes) -> bool: ...
+
+
+class SessionCloser(Protocol):
+    """Live client sessions (the gateway hub)."""
+
+    def close_subject(self, subject: str, code: int, reason: str) -> int:
+        """Close every live session of one user with ``code``; returns how many."""
+
+
+class PresenceView(Protocol):
+    """Devices' online/offline status (the presence service)."""
+
+    def status(self, device_id: str) -> DeviceStatus: ...
+
+
+# ---- what the MQTT listener hands each topic kind to ------------------------------------
+
+
+class TelemetryIntake(Protocol):
+    """Telemetry and custom-route topics (the ingestor)."""
+
+    def ingest_mqtt(
+        self, match: TopicMatch, topic: str, payload: bytes
+    ) -> asyncio.Future[WriteResult] | None:
+        """Handle one message; the future to wait for before acknowledging it (its store
+        batch), or None when nothing is stored. Never raises for bad input."""
+
+    def refuse(self, reason: str) -> None:
+        """A message on no known topic, or an undecodable one: counted."""
+
+    async def settled(self) -> None:
+        """Returns once nothing handed in is still on its way to the store."""
+
+
+class StatusIntake(Protocol):
+    """Status topics, last wills included (the presence service)."""
+
+    def status_message(self, device_id: str, payload: bytes) -> None: ...
+
+
+class AckIntake(Protocol):
+    """Command answers on ``edge/{id}/ack`` (the command service)."""
+
+    def handle_ack(self, device_id: str, payload: bytes) -> asyncio.Future[Any]:
+        """The future resolves once the answer is in the command log (acknowledge then)."""
+
+
+# ---- what gateways and the REST API use -------------------------------------------------
+
+
+class Authenticator(Protocol):
+    """Verifies tokens (the identity service)."""
+
+    def authenticate(self, token: str, kinds: tuple[str, ...]) -> Principal:
+        """The token's principal; ``Unauthorized`` (counted) for a bad, expired or revoked
+        token or one of another kind."""
+
+
+class Commands(Protocol):
+    """Commands to devices (the command service), as a client session uses them."""
+
+    def parse(self, obj: Any, device_id: str | None = None) -> CommandRequest:
+        """A checked request; ``ValidationError`` otherwise."""
+
+    def authorize(self, principal: Principal, device_id: str) -> None:
+        """``NotFound`` (another tenant's device, alike an unknown one) or ``Forbidden``."""
+
+    async def log(self, request: CommandRequest, command_id: str | None = None) -> Command:
+        """Logged, not yet sent; ``Conflict`` for a taken id."""
+
+    async def send(self, command: Command) -> Command:
+        """Its first event, then sent (or failed, rejected, queued); as it stands."""
+
+
+class Probe(Protocol):
+    """Something ``/health`` asks (the store writer, the MQTT listener, the bus)."""
+
+    def ok(self) -> bool:
+        """Usable right now."""

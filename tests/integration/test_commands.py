@@ -30,7 +30,7 @@ async def fleet(n: int, hub: Any, mqtt_url: str | None = None, first: int = 1,
         for d in devices:
             d.start()
         try:
-            known = hub.runtime.ingestor.devices
+            known = hub.runtime.registry.devices
             await wait_until(lambda: all(d.mqtt_connected and d.id in known for d in devices),
                              timeout=15, what="devices connected and registered")
             yield devices
@@ -144,7 +144,7 @@ async def test_offline_device_fails_at_once_unless_queued(hub) -> None:  # type:
     async with fleet(1, hub) as (device,):
         pass  # connected, registered, then stopped: it published "offline"
     runtime = hub.runtime
-    await wait_until(lambda: runtime.status.status(device.id) == "offline", timeout=5)
+    await wait_until(lambda: runtime.presence.status(device.id) == "offline", timeout=5)
     async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
         started = time.monotonic()
         at_once = await http.post(f"/api/devices/{device.id}/commands", json={"action": "idle"})

@@ -52,10 +52,10 @@ async def test_redis_sigkill_loses_nothing_and_clients_catch_up(  # type: ignore
         await wait_until(lambda: stream.seq >= 300, timeout=10)
 
         redis_server.stop(signal.SIGKILL)
-        bus0 = hubs[0].runtime.redis_bus
+        bus0 = hubs[0].runtime.bus
         assert bus0 is not None
         await wait_until(lambda: not bus0.connected, timeout=10, what="the bus notices")
-        health = hubs[0].runtime.health()
+        health = hubs[0].runtime.health.report()
         assert health["status"] == "degraded" and health["checks"]["bus"] == "down"
         during = sum(h.runtime.ingestor.counters.stored for h in hubs)
         await wait_until(lambda: stream.seq >= 600, timeout=10)
@@ -97,7 +97,7 @@ async def test_redis_sigkill_loses_nothing_and_clients_catch_up(  # type: ignore
         assert count.lost == 0 and count.duplicated == 0
         assert count.acknowledged == count.sent
         assert stored_during > 0
-        assert all(h.runtime.health()["status"] == "ok" for h in hubs)
+        assert all(h.runtime.health.report()["status"] == "ok" for h in hubs)
 
 
 async def test_postgres_stopped_for_10_s_loses_nothing(  # type: ignore[no-untyped-def]
@@ -105,7 +105,7 @@ async def test_postgres_stopped_for_10_s_loses_nothing(  # type: ignore[no-untyp
 ) -> None:
     async with make_hub(mqtt_url=mosquitto.url, database_url=pg_url,
                         data_dir=tmp_path / "hub") as hub:
-        ingestor = hub.runtime.ingestor
+        ingestor, writer = hub.runtime.ingestor, hub.runtime.writer
         stream = Stream(mosquitto.port, DEVICES, rate=100)
         stream.start()
         http_sent: list[tuple[str, int]] = []
@@ -133,7 +133,7 @@ async def test_postgres_stopped_for_10_s_loses_nothing(  # type: ignore[no-untyp
             try:
                 postgres.stop(mode="fast")  # a clean stop: the test cluster runs with synchronous_commit=off, so a crash would lose its own acknowledged commits
                 stopped = time.monotonic()
-                await wait_until(lambda: ingestor.store_down, timeout=10, what="store down")
+                await wait_until(lambda: writer.store_down, timeout=10, what="store down")
                 health = (await http.get("/health"))
                 assert health.status_code == 503
                 assert health.json()["checks"]["store"] == "down"
@@ -149,12 +149,12 @@ async def test_postgres_stopped_for_10_s_loses_nothing(  # type: ignore[no-untyp
                     assert answer.status_code == 503 and answer.headers["retry-after"]
                     refused += 1
                     await asyncio.sleep(0.5)
-                buffered = ingestor.buffered()
+                buffered = writer.buffered()
             finally:
                 postgres.start()
             await post_until_stored("http-1", seq)
             await stream.stop(settle_s=30)
-            await wait_until(lambda: not ingestor.store_down, timeout=30, what="store back")
+            await wait_until(lambda: not writer.store_down, timeout=30, what="store back")
         rows = await wait_stored(pg_url, stream.acknowledged() | set(http_sent))
         count = tally(stream, [r for r in rows if r[0] != "http-1"])
         http_rows = [r for r in rows if r[0] == "http-1"]
@@ -252,7 +252,7 @@ async def test_broker_restart_reconnects_within_5_s_and_resumes(  # type: ignore
 ) -> None:
     async with make_hub(mqtt_url=mosquitto.url, database_url=pg_url,
                         data_dir=tmp_path / "hub") as hub:
-        listener = hub.runtime.mqtt
+        listener = hub.runtime.listener
         assert listener is not None
         stream = Stream(mosquitto.port, DEVICES, rate=100)
         stream.start()
@@ -279,10 +279,10 @@ async def test_broker_restart_reconnects_within_5_s_and_resumes(  # type: ignore
 async def test_broker_outage_backs_off_and_reconnects_once_it_is_back(  # type: ignore[no-untyped-def]
     make_hub, mosquitto, tmp_path: Path
 ) -> None:
-    from fieldlink.mqtt.listener import RECONNECT_MAX_S, RECONNECT_MIN_S
+    from fieldlink.mqtt.connection import RECONNECT_MAX_S, RECONNECT_MIN_S
 
     async with make_hub(mqtt_url=mosquitto.url, data_dir=tmp_path / "hub") as hub:
-        listener = hub.runtime.mqtt
+        listener = hub.runtime.listener
         assert listener is not None
         config = listener.client._connection_state.config  # gmqtt reads it before each retry
         mosquitto.stop()

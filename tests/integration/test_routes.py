@@ -35,4 +35,4 @@ async def test_gas_sensor_route_normalizes_vendor_payload(make_hub) -> None:  # 
         counters = hub.runtime.ingestor.counters
         assert counters.stored == 1
         assert counters.rejected == {"invalid_device_id": 1}
-        assert hub.runtime.ingestor.devices["ST-4411"].kind == "gas_sensor"
+        assert hub.runtime.registry.devices["ST-4411"].kind == "gas_sensor"

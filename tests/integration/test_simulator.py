@@ -42,12 +42,12 @@ async def test_fleet_registers_and_stores(hub) -> None:  # type: ignore[no-untyp
         await wait_until(lambda: hub.runtime.ingestor.counters.received == 6)
         await hub.runtime.ingestor.settled()
     assert hub.runtime.ingestor.counters.stored == 6
-    registered = hub.runtime.ingestor.devices
+    registered = hub.runtime.registry.devices
     assert sorted(registered) == ["sim-001", "sim-002", "sim-003"]
     assert registered["sim-001"].meta == fleet[0].model.meta
     assert await stored_seqs(hub, "sim-002") == [1, 2]
     # stop() published a retained offline status
-    await wait_until(lambda: hub.runtime.status.status("sim-003") == "offline")
+    await wait_until(lambda: hub.runtime.presence.status("sim-003") == "offline")
 
 
 async def test_mqtt_failures_fall_back_to_http_and_recover(mosquitto, make_hub) -> None:  # type: ignore[no-untyped-def]

@@ -75,10 +75,10 @@ async def test_health_is_degraded_while_the_broker_is_away(mosquitto, make_hub) 
     async with make_hub(mqtt_url=mosquitto.url) as hub:
         async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
             mosquitto.stop()
-            await wait_until(lambda: not hub.runtime.mqtt.connected.is_set())
+            await wait_until(lambda: not hub.runtime.listener.connected.is_set())
             response = await http.get("/health")
             assert response.status_code == 503
             assert response.json()["checks"]["broker"] == "down"
             mosquitto.start()
-            await wait_until(lambda: hub.runtime.mqtt.connected.is_set(), timeout=10)
+            await wait_until(lambda: hub.runtime.listener.connected.is_set(), timeout=10)
             assert (await http.get("/health")).status_code == 200

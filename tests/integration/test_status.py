@@ -18,7 +18,7 @@ async def test_status_topic_plain_and_json_and_rest(hub) -> None:  # type: ignor
             await publish(client, "edge/st1/status", {"status": "offline"}, retain=True)
             offline = await ws.recv_until(lambda m: m["type"] == "status")
             await publish(client, "edge/st1/status", "sideways")
-            await wait_until(lambda: hub.runtime.ingestor.counters.status_rejected == 1)
+            await wait_until(lambda: hub.runtime.presence.counters.status_rejected == 1)
             await publish(client, "edge/st1/status", "", retain=True)  # clear the retained message
     assert (online["data"]["status"], online["data"]["reason"]) == ("online", "reported")
     assert offline["data"]["status"] == "offline"
@@ -73,8 +73,8 @@ async def test_external_broker_retained_status_and_reconnect(mosquitto, make_hub
         await publish(client, "edge/ret1/status", {"status": "online"}, retain=True)
     async with make_hub(mqtt_url=mosquitto.url) as hub:
         assert hub.runtime.broker is None
-        await wait_until(lambda: hub.runtime.status.status("ret1") == "online")
-        listener = hub.runtime.mqtt
+        await wait_until(lambda: hub.runtime.presence.status("ret1") == "online")
+        listener = hub.runtime.listener
         assert listener is not None
         connects = listener.connects
         mosquitto.stop()

@@ -9,33 +9,23 @@ import base64
 import binascii
 import ipaddress
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from http.cookies import SimpleCookie
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Request
 from websockets.http11 import Request as WsRequest
 
 from fieldlink.core.access import DEFAULT_TENANT, Principal
-from fieldlink.core.errors import FieldlinkError
+from fieldlink.core.errors import FieldlinkError, Forbidden, RateLimited, Unauthorized
+from fieldlink.core.measures import Measure
 from fieldlink.core.ratelimit import RateLimiter
-from fieldlink.services.identity import Forbidden, Unauthorized
-
-if TYPE_CHECKING:
-    from fieldlink.app.wiring import Runtime
+from fieldlink.services.identity import AUTH_REFUSED, IdentityService
 
 SESSION_COOKIE = "fieldlink_session"
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
-
-class RateLimited(FieldlinkError):
-    code = "rate_limited"
-    http_status = 429
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+__all__ = ["SESSION_COOKIE", "HttpAuth", "RateLimited", "bearer", "is_loopback"]
 
 
 def is_loopback(host: str | None) -> bool:
@@ -53,19 +43,25 @@ def bearer(value: str | None) -> str | None:
     return None
 
 
-class Auth:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.identity = runtime.identity
-        settings = runtime.settings
-        self.allowed_origins = set(settings.allowed_origins)
-        self.device_limiter = RateLimiter(settings.device_rate_per_s, settings.device_rate_burst)
-        self.refused: dict[str, int] = {}
+class HttpAuth:
+    """``allowed_origins``: browser origins besides the hub's own, which are always allowed
+    (the page is served by the hub itself: ``http://HOST:PORT`` for each of ``own_hosts``)."""
 
-    def allow_own_origins(self, hosts: Iterable[str], port: int) -> None:
-        """The page is served by the hub itself: its own origins are always allowed."""
-        for host in hosts:
-            self.allowed_origins.add(f"http://{host}:{port}")
+    def __init__(
+        self,
+        *,
+        identity: IdentityService,
+        allowed_origins: Iterable[str],
+        own_hosts: Iterable[str],
+        own_port: int,
+        device_limiter: RateLimiter,
+        anonymous_devices: bool,
+    ) -> None:
+        self.identity = identity
+        self.allowed_origins = set(allowed_origins) | {f"http://{h}:{own_port}" for h in own_hosts}
+        self.device_limiter = device_limiter
+        self.anonymous_devices = anonymous_devices
+        self.refused: dict[str, int] = {}
 
     def _refuse(self, exc: FieldlinkError) -> FieldlinkError:
         self.refused[exc.code] = self.refused.get(exc.code, 0) + 1
@@ -150,7 +146,7 @@ class Auth:
             self.rate_limit(user)
             return user, tenant
         client = request.client.host if request.client else None
-        if self.runtime.settings.anonymous_devices and is_loopback(client):
+        if self.anonymous_devices and is_loopback(client):
             self.rate_limit(f"anon:{client}")
             return None, DEFAULT_TENANT
         raise self._refuse(
@@ -165,3 +161,7 @@ class Auth:
         if wait_s > 0:
             self.refused["rate_limited"] = self.refused.get("rate_limited", 0) + 1
             raise RateLimited("too many requests for this device; slow down", wait_s)
+
+    def measures(self) -> Iterator[Measure]:
+        refused = {code: float(n) for code, n in self.refused.items()}
+        yield Measure(AUTH_REFUSED[0], AUTH_REFUSED[1], "counter", label="code", values=refused)

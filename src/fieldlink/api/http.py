@@ -11,13 +11,24 @@ request.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from fieldlink.core.measures import Measure, counter, measures_of
 
+
+@dataclass(slots=True)
 class HandshakeStats:
-    timed_out = 0
+    timed_out: int = counter(
+        "fieldlink_http_header_timeouts",
+        "Connections closed because a request head was too slow (slowloris)",
+    )
+
+    def measures(self) -> Iterator[Measure]:
+        return measures_of(self)
 
 
 def guarded_http_protocol(header_timeout_s: float, stats: HandshakeStats) -> type[Any]:

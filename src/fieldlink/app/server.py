@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from fieldlink.api.app import create_app
 from fieldlink.api.http import guarded_http_protocol
-from fieldlink.api.routes import create_app
 from fieldlink.app.settings import Settings
-from fieldlink.app.wiring import Runtime
+from fieldlink.app.wiring import Runtime, build
 
 log = logging.getLogger("fieldlink")
 
@@ -35,7 +35,7 @@ class HubServer(uvicorn.Server):
 def uvicorn_config(runtime: Runtime, port: int) -> uvicorn.Config:
     s = runtime.settings
     return uvicorn.Config(
-        create_app(runtime),
+        create_app(runtime.api),
         host=s.http_host,
         port=port,
         ws=runtime.ws_protocol,
@@ -51,7 +51,7 @@ def uvicorn_config(runtime: Runtime, port: int) -> uvicorn.Config:
 @contextlib.asynccontextmanager
 async def running_hub(settings: Settings) -> AsyncIterator[tuple[Runtime, uvicorn.Server]]:
     """Start a hub (for tests and embedding) and stop it, flushing writes, on exit."""
-    runtime = Runtime(settings)
+    runtime = build(settings)
     await runtime.start()
     server = HubServer(uvicorn_config(runtime, settings.http_port))
     task = asyncio.create_task(server.serve())
@@ -117,7 +117,7 @@ async def serve(
     extra: Callable[[Runtime, int], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM. ``extra`` (the simulator) runs alongside and is cancelled first."""
-    runtime = Runtime(settings)
+    runtime = build(settings)
     await runtime.start()
     server = HubServer(uvicorn_config(runtime, settings.http_port))
 

@@ -1,5 +1,17 @@
-"""The one place configuration becomes implementations (chosen by URL scheme), and the
-runtime that starts and stops them in order."""
+"""The one place configuration becomes implementations, and the order a hub starts and stops.
+
+``build(settings)`` picks each backend by URL scheme (store: ``sqlite://``, ``postgresql://``,
+``memory://``; bus and cache: in-process, or ``redis://``; MQTT: the embedded broker or
+``mqtt://``), constructs every component with its collaborators, and connects them: bus
+subscriptions, the resume handler. It does nothing else. ``Runtime.start``/``stop`` run them
+in an order that loses no accepted record: on the way down, ingest stops first, then clients
+are flushed, then the store.
+
+The path of a record: ``MqttListener`` -> ``Ingestor`` (registry, cache, presence) -> bus ->
+``Hub`` (``NativeRenderer``) -> client, and ``Ingestor`` -> ``StoreWriter`` -> store. The path
+of a command: ``NativeSession`` or REST -> ``CommandService`` -> ``MqttPublisher``; its ack:
+``MqttListener`` -> ``CommandService`` -> bus.
+"""
 
 from __future__ import annotations
 
@@ -9,49 +21,51 @@ import logging
 import socket
 import time
 import tomllib
-from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fieldlink.api.auth import Auth
+from fieldlink.api.auth import HttpAuth
+from fieldlink.api.context import ApiContext
 from fieldlink.api.http import HandshakeStats
+from fieldlink.api.metrics import metrics_registry
 from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
-from fieldlink.core import channels
-from fieldlink.core.access import Principal, can_command, can_read, can_subscribe
-from fieldlink.core.closecodes import CloseCode
-from fieldlink.core.errors import FieldlinkError, ValidationError
+from fieldlink.core.dedupe import DedupeWindow
 from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
-from fieldlink.gateway import protocol
-from fieldlink.gateway.hub import Hub, Member
+from fieldlink.gateway.hub import Hub
+from fieldlink.gateway.native import NativeSession
 from fieldlink.gateway.ws import (
+    GatewayConnection,
     GatewaySettings,
     keepalive,
-    sweep_slow,
     websocket_protocol_factory,
 )
 from fieldlink.mqtt.broker import HUB_USER, EmbeddedBroker, mosquitto_hash
-from fieldlink.mqtt.listener import MqttIngest
+from fieldlink.mqtt.listener import MqttListener
+from fieldlink.mqtt.publisher import MqttPublisher
 from fieldlink.ports import Bus, Cache, Store
-from fieldlink.services.commands import CommandService, new_command_id
+from fieldlink.services.commands import CommandService
+from fieldlink.services.health import Health
 from fieldlink.services.identity import (
-    Forbidden,
     IdentityService,
     TokenConfig,
     TokenService,
-    Unauthorized,
     load_or_create_secret,
 )
 from fieldlink.services.ingest import Ingestor
+from fieldlink.services.presence import Presence
+from fieldlink.services.registry import DeviceRegistry
+from fieldlink.services.replica import Replica
 from fieldlink.services.views import DeviceViews
+from fieldlink.services.writer import IngestCounters, StoreWriter
 
 from .settings import Settings
 
-if TYPE_CHECKING:
-    from fieldlink.backends.redis import RedisBus, RedisCache
-
 log = logging.getLogger("fieldlink")
+
+DEDUPE_WINDOW = 100_000
 
 
 def now_ms() -> int:
@@ -74,6 +88,15 @@ def store_from_url(url: str) -> Store:
     raise ValueError(
         f"unsupported database URL {url!r}: use sqlite:///PATH, postgresql://... or memory://"
     )
+
+
+def bus_and_cache_from_url(url: str | None, cache_ttl_s: float) -> tuple[Bus, Cache]:
+    """In-process (one instance) without a URL; Redis with ``redis://``."""
+    if url is None:
+        return MemoryBus(), MemoryCache(cache_ttl_s)
+    from fieldlink.backends.redis import RedisBus, RedisCache
+
+    return RedisBus(url), RedisCache(url, cache_ttl_s)
 
 
 def load_routes(path: Path | None) -> tuple[Route, ...]:
@@ -102,276 +125,67 @@ def token_config(settings: Settings) -> TokenConfig:
     return TokenConfig(algorithm, private_key=private, public_key=public)
 
 
+def mqtt_client_id(settings: Settings) -> str:
+    """Stable across restarts of the same hub (same host and data directory), so the broker
+    keeps its session and queued messages; different for hubs on other hosts or with other
+    data (containers with the same /data path differ by hostname)."""
+    if settings.mqtt_client_id:
+        return settings.mqtt_client_id
+    identity = f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+    return f"fieldlink-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+@dataclass
 class Runtime:
-    """Everything a hub process runs, wired from Settings. ``start``/``stop`` are ordered so no
-    accepted record is lost: stop ingest first, then close clients, then flush the store."""
+    """Everything one hub process runs (from ``build``), started and stopped in order."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.scheme = TopicScheme(settings.topic_prefix, load_routes(settings.routes_file))
-        self.store = store_from_url(settings.resolved_database_url())
-        self.redis_bus: RedisBus | None = None
-        self.redis_cache: RedisCache | None = None
-        self.cache: Cache
-        self.bus: Bus
-        if settings.redis_url:
-            from fieldlink.backends.redis import RedisBus, RedisCache
-
-            self.redis_bus = self.bus = RedisBus(settings.redis_url)
-            self.redis_cache = self.cache = RedisCache(settings.redis_url, settings.cache_ttl_s)
-        else:
-            self.cache = MemoryCache(settings.cache_ttl_s)
-            self.bus = MemoryBus()
-        self.status = StatusBook(int(settings.silence_timeout_s * 1000))
-        self.ingestor = Ingestor(
-            store=self.store,
-            cache=self.cache,
-            bus=self.bus,
-            status=self.status,
-            scheme=self.scheme,
-            clock_ms=now_ms,
-            limits=settings.limits,
-        )
-        self.views = DeviceViews(self.ingestor)
-        self.commands = CommandService(
-            log_store=self.store,
-            bus=self.bus,
-            status=self.status,
-            devices=self.ingestor.devices,
-            tenant_of=self.ingestor.tenant_of,
-            scheme=self.scheme,
-            clock_ms=now_ms,
-            publish=self._publish_mqtt,
-            connected=lambda: self.mqtt is not None and self.mqtt.connected.is_set(),
-            limits=settings.limits,
-            default_timeout_ms=int(settings.command_timeout_s * 1000),
-        )
-        self.ingestor.ack_handler = self.commands.handle_ack
-        self.hub = Hub(
-            self.views.snapshot,
-            max_pending_bytes=settings.ws_max_pending_bytes,
-            slow_timeout_s=settings.ws_slow_timeout_s,
-            clock_ms=now_ms,
-        )
-        self.bus.subscribe(self.hub.publish)
-        self.hub.on_command = self._ws_command
-        if self.redis_bus is not None and self.redis_cache is not None:
-            self.redis_bus.subscribe_remote(self.ingestor.apply_remote)
-            redis_cache = self.redis_cache
-
-            async def rebuild_cache() -> None:
-                # Redis is never the source of truth: read the latest state from the store,
-                # push what this instance's clients missed, then refill Redis.
-                since = now_ms() - int(settings.cache_ttl_s * 1000)
-                try:
-                    missed = self.ingestor.catch_up(await self.store.latest_since(since))
-                except FieldlinkError as exc:
-                    log.warning("redis is back, but the store is not (%s): mirror only", exc)
-                    missed = 0
-                rebuilt = await redis_cache.rebuild(now_ms())
-                log.warning(
-                    "redis is back: cache rebuilt with %d devices from the store "
-                    "(%d newer than shown here)",
-                    rebuilt,
-                    missed,
-                )
-
-            self.redis_bus.on_reconnect.append(rebuild_cache)
-        self.identity = IdentityService(
-            self.store, TokenService(token_config(settings)), broker_hasher=mosquitto_hash
-        )
-        self.identity.on_device_credentials.append(self._broker_user_added)
-        self.ingestor.credential_tenant = self.identity.credential_tenant
-        if settings.mqtt_device_rate_per_s > 0:
-            rate = settings.mqtt_device_rate_per_s
-            self.ingestor.device_limiter = RateLimiter(rate, rate * 2, max_keys=200_000)
-        self.auth = Auth(self)
-        self.auth.allow_own_origins(
-            {settings.http_host, "127.0.0.1", "localhost"}, settings.http_port
-        )
-        self.hub.authorize = self._may_subscribe
-        self.hub.on_auth = self._ws_refresh
-        self.hub.message_limiter = RateLimiter(
-            settings.ws_messages_per_s, max(1.0, settings.ws_messages_per_s * 2)
-        )
-        self.admin_token_path: Path | None = None
-        self.handshake_stats = HandshakeStats()
-        self.gateway_settings = GatewaySettings(
-            path=settings.ws_path,
-            max_message_bytes=settings.limits.max_payload_bytes,
-            ping_interval_s=settings.ws_ping_interval_s,
-            authenticate=self.auth.websocket,
-            max_connections=settings.ws_max_connections,
-            max_per_subject=settings.ws_max_per_user,
-        )
-        self.ws_protocol = websocket_protocol_factory(self.hub, self.gateway_settings)
-        self.broker: EmbeddedBroker | None = None
-        self.mqtt: MqttIngest | None = None
-        self.mqtt_url = settings.mqtt_url
-        self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[Any]] = set()
-        self.started_ms = now_ms()
+    settings: Settings
+    store: Store
+    cache: Cache
+    bus: Bus
+    broker: EmbeddedBroker | None
+    mqtt_url: str
+    identity: IdentityService
+    registry: DeviceRegistry
+    presence: Presence
+    writer: StoreWriter
+    ingestor: Ingestor
+    replica: Replica
+    views: DeviceViews
+    commands: CommandService
+    publisher: MqttPublisher
+    listener: MqttListener
+    hub: Hub
+    native: NativeSession
+    auth: HttpAuth
+    handshake_stats: HandshakeStats
+    health: Health
+    api: ApiContext
+    gateway_settings: GatewaySettings
+    ws_protocol: type[GatewayConnection]
+    admin_token_path: Path | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         s = self.settings
-        if self.mqtt_url is None:
-            self.broker = EmbeddedBroker(
-                s.data_dir, s.mqtt_port, device_auth=s.device_auth, prefix=s.topic_prefix
-            )
+        if self.broker is not None:
             await self.broker.start()
-            self.mqtt_url = self.broker.url
         await self.store.start()
         await self.identity.load()
         self.admin_token_path = await self.identity.bootstrap(s.data_dir)
         if self.broker is not None and s.device_auth:
             self.broker.set_users(await self.identity.broker_users())
-        await self.ingestor.load()
-        if self.redis_bus is not None:
-            await self.redis_bus.start()  # subscribed before any ingest: no first message lost
-        self.mqtt = MqttIngest(
-            self.mqtt_url,
-            self.ingestor,
-            self.scheme,
-            client_id=self.mqtt_client_id(),
-            shared_group=s.mqtt_shared_group,
-            credentials=(HUB_USER, self.broker.hub_password)
-            if self.broker is not None and s.device_auth
-            else s.mqtt_credentials(),
-            session_expiry_s=s.mqtt_session_expiry_s,
-        )
-        commands = self.commands
-        self.mqtt.on_connected.append(lambda: self._spawn(commands.send_pending(None)))
-        await self.mqtt.start()
-        self._tasks.append(asyncio.create_task(self._sweep_status()))
-        self._tasks.append(asyncio.create_task(self._sweep_commands()))
-        self._tasks.append(asyncio.create_task(keepalive(self.hub, self.gateway_settings)))
-        self._tasks.append(asyncio.create_task(sweep_slow(self.hub)))
-
-    def mqtt_client_id(self) -> str:
-        """Stable across restarts of the same hub (same host and data directory), so the broker
-        keeps its session and queued messages; different for hubs on other hosts or with other
-        data (containers with the same /data path differ by hostname)."""
-        if self.settings.mqtt_client_id:
-            return self.settings.mqtt_client_id
-        identity = f"{socket.gethostname()}:{self.settings.data_dir.resolve()}"
-        digest = hashlib.sha256(identity.encode()).hexdigest()
-        return f"fieldlink-{digest[:12]}"
-
-    def _publish_mqtt(self, topic: str, payload: bytes) -> bool:
-        return self.mqtt is not None and self.mqtt.publish(topic, payload)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _broker_user_added(self, device_id: str, broker_hash: str) -> None:
-        if self.broker is not None and self.settings.device_auth and broker_hash:
-            self.broker.add_user(device_id, broker_hash)
-
-    def close_sessions(self, subject: str) -> int:
-        """Close every WebSocket of a user (revoked), with 4003."""
-        members = [m for m in self.hub.members if getattr(m, "subject", None) == subject]
-        for member in members:
-            self.hub.kick(member, CloseCode.REVOKED, "access revoked")
-        return len(members)
-
-    def auth_refusals(self) -> dict[str, int]:
-        """Every authentication refusal by code (REST, handshakes, tokens, device keys)."""
-        merged = dict(self.auth.refused)
-        for code, n in self.identity.counters.token_failures.items():
-            merged[code] = merged.get(code, 0) + n
-        if self.identity.counters.device_auth_failures:
-            merged["invalid_device_key"] = (
-                merged.get("invalid_device_key", 0) + self.identity.counters.device_auth_failures
-            )
-        return merged
-
-    def _may_subscribe(self, member: Member, channel: str) -> bool:
-        principal: Principal | None = getattr(member, "principal", None)
-        if principal is None:
-            return False
-        device_tenant = None
-        if channel.startswith(channels.DEVICE_PREFIX):
-            device = self.ingestor.devices.get(channel[len(channels.DEVICE_PREFIX) :])
-            device_tenant = device.tenant_id if device is not None else None
-        return can_subscribe(principal, channel, device_tenant)
-
-    def _ws_refresh(self, member: Member, message: dict[str, Any]) -> bytes:
-        """``{"type": "auth", "token"}``: a fresh token for the same user and tenant moves the
-        connection's expiry."""
-        current: Principal | None = getattr(member, "principal", None)
-        token = message.get("token")
-        try:
-            if not isinstance(token, str) or current is None:
-                raise Unauthorized("send {'type': 'auth', 'token': ...}", code="invalid_token")
-            fresh = self.identity.authenticate(token, ("access", "service"))
-            if (fresh.subject, fresh.tenant_id) != (current.subject, current.tenant_id):
-                raise Forbidden("a refresh must be for the same user", code="forbidden")
-        except FieldlinkError as exc:
-            return protocol.error(exc.code, exc.message, message)
-        member.principal = fresh  # type: ignore[attr-defined]
-        member.expire_at(fresh.expires_ms)  # type: ignore[attr-defined]
-        return protocol.auth_ok(fresh.expires_ms, message)
-
-    def _ws_command(self, member: Member, message: dict[str, Any]) -> None:
-        """A ``command`` message from a WebSocket client: the client joins the command's
-        private channel as soon as the id is logged, so it sees every transition."""
-        hub, commands = self.hub, self.commands
-        given = message.get("id")
-        shown_id = given if isinstance(given, str) else None
-        try:
-            request = commands.parse(message)
-        except ValidationError as exc:
-            commands.counters.refused += 1
-            member.send(protocol.command_refused(shown_id, exc.code, exc.message))
-            return
-        principal: Principal | None = getattr(member, "principal", None)
-        device = self.ingestor.devices.get(request.device_id)
-        if principal is None or (device is not None and not can_read(principal, device.tenant_id)):
-            # Another tenant's device answers like one that does not exist.
-            hub.stats.forbidden += 1
-            member.send(
-                protocol.command_refused(
-                    request.id, "unknown_device", f"device {request.device_id!r} is not registered"
-                )
-            )
-            return
-        if not can_command(principal, device.tenant_id if device else principal.tenant_id):
-            hub.stats.forbidden += 1
-            member.send(
-                protocol.command_refused(request.id, "forbidden", "your role may not send commands")
-            )
-            return
-        command_id = request.id or new_command_id()
-
-        async def run() -> None:
-            try:
-                await commands.submit(
-                    request,
-                    command_id,
-                    on_logged=lambda c: hub.join_private(member, channels.command(c.id)),
-                )
-            except FieldlinkError as exc:
-                member.send(protocol.command_refused(command_id, exc.code, exc.message))
-            except Exception:
-                log.exception("command %s failed unexpectedly", command_id)
-                member.send(protocol.command_refused(command_id, "internal", "internal error"))
-
-        self._spawn(run())
-
-    async def _sweep_commands(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.command_sweep_s)
-            try:
-                await self.commands.sweep()
-            except FieldlinkError as exc:
-                log.warning("command sweep: %s", exc)
-
-    async def _sweep_status(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.status_sweep_s)
-            self.ingestor.sweep_status()
+        await self.registry.load()
+        await self.bus.start()  # listening to other instances before any ingest
+        await self.publisher.start()
+        await self.listener.start()
+        for job in (
+            self.presence.run_sweeper(s.status_sweep_s),
+            self.commands.run_sweeper(s.command_sweep_s),
+            keepalive(self.hub, self.gateway_settings),
+            self.hub.run_slow_sweeper(),
+        ):
+            self._tasks.append(asyncio.create_task(job))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -379,14 +193,12 @@ class Runtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.commands.close()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        if self.mqtt is not None:
-            await self.mqtt.stop()
+        await self.native.close()
+        await self.listener.stop()
+        await self.publisher.stop()
         self.hub.flush()
         try:
-            await asyncio.wait_for(self.ingestor.settled(), self.settings.stop_timeout_s)
+            await asyncio.wait_for(self.writer.settled(), self.settings.stop_timeout_s)
         except TimeoutError:
             # The store is down: these stay unacknowledged at the broker (MQTT) and are sent
             # again to the next instance that resumes the session.
@@ -396,17 +208,187 @@ class Runtime:
             )
         await self.store.close()
         await self.bus.close()
-        if self.redis_cache is not None:
-            await self.redis_cache.close()
+        await self.cache.close()
         if self.broker is not None:
             await self.broker.stop()
 
-    def health(self) -> dict[str, Any]:
-        bus_ok = self.redis_bus is None or self.redis_bus.connected
-        checks = {
-            "store": "down" if self.ingestor.store_down else "ok",
-            "broker": "ok" if self.mqtt is not None and self.mqtt.connected.is_set() else "down",
-            "bus": "ok" if bus_ok else "down",
-        }
-        status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
-        return {"status": status, "checks": checks}
+
+def build(settings: Settings) -> Runtime:
+    """Construct and connect every component of one hub process (nothing starts here)."""
+    s = settings
+    clock = now_ms
+    scheme = TopicScheme(s.topic_prefix, load_routes(s.routes_file))
+    store = store_from_url(s.resolved_database_url())
+    bus, cache = bus_and_cache_from_url(s.redis_url, s.cache_ttl_s)
+    broker = (
+        None
+        if s.mqtt_url
+        else EmbeddedBroker(
+            s.data_dir, s.mqtt_port, device_auth=s.device_auth, prefix=s.topic_prefix
+        )
+    )
+    mqtt_url = s.mqtt_url or broker.url  # type: ignore[union-attr]
+    hub_credentials = (
+        (HUB_USER, broker.hub_password)
+        if broker is not None and s.device_auth
+        else s.mqtt_credentials()
+    )
+    identity = IdentityService(
+        store,
+        TokenService(token_config(s)),
+        broker_hasher=mosquitto_hash,
+        broker_accounts=broker if broker is not None and s.device_auth else None,
+    )
+    registry = DeviceRegistry(store=store, bus=bus, credentials=identity, clock_ms=clock)
+    presence = Presence(
+        book=StatusBook(int(s.silence_timeout_s * 1000)),
+        registry=registry,
+        bus=bus,
+        clock_ms=clock,
+        limits=s.limits,
+    )
+    counters = IngestCounters()
+    dedupe = DedupeWindow(DEDUPE_WINDOW)
+    writer = StoreWriter(store=store, counters=counters, dedupe=dedupe)
+    rate = s.mqtt_device_rate_per_s
+    ingestor = Ingestor(
+        registry=registry,
+        presence=presence,
+        cache=cache,
+        bus=bus,
+        writer=writer,
+        counters=counters,
+        dedupe=dedupe,
+        credentials=identity,
+        clock_ms=clock,
+        limits=s.limits,
+        device_limiter=RateLimiter(rate, rate * 2, max_keys=200_000) if rate > 0 else None,
+    )
+    replica = Replica(
+        registry=registry,
+        presence=presence,
+        cache=cache,
+        store=store,
+        bus=bus,
+        clock_ms=clock,
+        cache_ttl_s=s.cache_ttl_s,
+    )
+    views = DeviceViews(registry=registry, presence=presence, cache=cache, clock_ms=clock)
+    client_id = mqtt_client_id(s)
+    publisher = MqttPublisher(
+        mqtt_url,
+        client_id=f"{client_id}-out",
+        credentials=hub_credentials,
+        session_expiry_s=s.mqtt_session_expiry_s,
+    )
+    commands = CommandService(
+        log_store=store,
+        bus=bus,
+        devices=registry,
+        presence=presence,
+        publisher=publisher,
+        scheme=scheme,
+        clock_ms=clock,
+        limits=s.limits,
+        default_timeout_ms=int(s.command_timeout_s * 1000),
+    )
+    listener = MqttListener(
+        mqtt_url,
+        scheme=scheme,
+        telemetry=ingestor,
+        status=presence,
+        acks=commands,
+        client_id=client_id,
+        shared_group=s.mqtt_shared_group,
+        session_expiry_s=s.mqtt_session_expiry_s,
+        credentials=hub_credentials,
+    )
+    hub = Hub(max_pending_bytes=s.ws_max_pending_bytes, slow_timeout_s=s.ws_slow_timeout_s)
+    native = NativeSession(
+        hub=hub,
+        snapshot=views.snapshot,
+        devices=registry,
+        commands=commands,
+        authenticator=identity,
+        limiter=RateLimiter(s.ws_messages_per_s, max(1.0, s.ws_messages_per_s * 2)),
+        clock_ms=clock,
+    )
+    bus.subscribe(replica.apply, remote_only=True)
+    bus.subscribe(commands.on_event)
+    bus.subscribe(hub.publish)
+    bus.on_resume(replica.resume)
+    auth = HttpAuth(
+        identity=identity,
+        allowed_origins=s.allowed_origins,
+        own_hosts={s.http_host, "127.0.0.1", "localhost"},
+        own_port=s.http_port,
+        device_limiter=RateLimiter(s.device_rate_per_s, s.device_rate_burst),
+        anonymous_devices=s.anonymous_devices,
+    )
+    handshake_stats = HandshakeStats()
+    gateway_settings = GatewaySettings(
+        path=s.ws_path,
+        max_message_bytes=s.limits.max_payload_bytes,
+        ping_interval_s=s.ws_ping_interval_s,
+        authenticate=auth.websocket,
+        max_connections=s.ws_max_connections,
+        max_per_subject=s.ws_max_per_user,
+    )
+    health = Health(store=writer, broker=listener, bus=bus)
+    metrics = metrics_registry(
+        [
+            ingestor,
+            writer,
+            presence,
+            registry,
+            listener,
+            publisher,
+            bus,
+            commands,
+            hub,
+            handshake_stats,
+            identity,
+            auth,
+        ]
+    )
+    api = ApiContext(
+        auth=auth,
+        ingestor=ingestor,
+        views=views,
+        registry=registry,
+        store=store,
+        cache=cache,
+        commands=commands,
+        identity=identity,
+        sessions=hub,
+        health=health,
+        metrics=metrics,
+        limits=s.limits,
+        clock_ms=clock,
+    )
+    return Runtime(
+        settings=s,
+        store=store,
+        cache=cache,
+        bus=bus,
+        broker=broker,
+        mqtt_url=mqtt_url,
+        identity=identity,
+        registry=registry,
+        presence=presence,
+        writer=writer,
+        ingestor=ingestor,
+        replica=replica,
+        views=views,
+        commands=commands,
+        publisher=publisher,
+        listener=listener,
+        hub=hub,
+        native=native,
+        auth=auth,
+        handshake_stats=handshake_stats,
+        health=health,
+        api=api,
+        gateway_settings=gateway_settings,
+        ws_protocol=websocket_protocol_factory(hub, native, gateway_settings),
+    )

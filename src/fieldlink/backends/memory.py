@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fieldlink.backends.aggregate import aggregate_records, fleet_records
 from fieldlink.core.commands import OPEN, Command, Status
+from fieldlink.core.events import DomainEvent
+from fieldlink.core.measures import Measure
 from fieldlink.core.model import Device, Record
-from fieldlink.ports import Event, EventHandler, WriteResult
+from fieldlink.ports import EventHandler, ResumeHandler, WriteResult
 
 
 class MemoryStore:
@@ -187,19 +189,41 @@ class MemoryCache:
             return None
         return entry[0]
 
+    async def rebuild(self, now_ms: int) -> int:
+        return 0  # nothing shared to write back
+
+    async def close(self) -> None:
+        return None
+
 
 class MemoryBus:
-    """Calls every handler synchronously, in publish order. Single node only."""
+    """Calls every handler synchronously, in publish order. Single node only: there are no
+    other instances, so ``remote_only`` handlers are never called and it never resumes."""
+
+    connected = True
 
     def __init__(self) -> None:
         self._handlers: list[EventHandler] = []
 
-    def subscribe(self, handler: EventHandler) -> None:
-        self._handlers.append(handler)
+    def subscribe(self, handler: EventHandler, *, remote_only: bool = False) -> None:
+        if not remote_only:
+            self._handlers.append(handler)
 
-    def publish(self, event: Event) -> None:
+    def on_resume(self, handler: ResumeHandler) -> None:
+        return None
+
+    def ok(self) -> bool:
+        return True
+
+    def measures(self) -> Iterator[Measure]:
+        return iter(())
+
+    def publish(self, event: DomainEvent) -> None:
         for handler in self._handlers:
             handler(event)
+
+    async def start(self) -> None:
+        return None
 
     async def close(self) -> None:
         self._handlers.clear()

@@ -20,7 +20,13 @@ from typing import Any
 import asyncpg
 import orjson
 
-from fieldlink.backends.rows import bucket_rows, command_row, commands_from
+from fieldlink.backends.rows import (
+    bucket_rows,
+    command_row,
+    commands_from,
+    device_from,
+    device_row,
+)
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
@@ -167,14 +173,7 @@ class PostgresStore:
         return future
 
     def save_device(self, device: Device) -> None:
-        row = (
-            device.id,
-            device.kind,
-            orjson.dumps(device.meta).decode(),
-            device.created_ms,
-            device.last_seen_ms,
-            device.tenant_id,
-        )
+        row = device_row(device)
         self._queue.put_nowait((row, None))
 
     async def _connection(self) -> asyncpg.Connection:
@@ -287,14 +286,14 @@ class PostgresStore:
             "WHERE id = $1",
             device_id,
         )
-        return _device(rows[0]) if rows else None
+        return device_from(rows[0]) if rows else None
 
     async def list_devices(self) -> list[Device]:
         rows = await self._fetch(
             "SELECT id, kind, meta::text, created_ms, last_seen_ms, tenant_id FROM devices "
             "ORDER BY id"
         )
-        return [_device(r) for r in rows]
+        return [device_from(r) for r in rows]
 
     async def query_range(
         self, device_id: str, start_ms: int, end_ms: int, limit: int, newest_first: bool = False
@@ -441,7 +440,3 @@ class PostgresStore:
             *args,
         )
         return bucket_rows(rows, agg)
-
-
-def _device(row: Any) -> Device:
-    return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5])

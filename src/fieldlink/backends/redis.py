@@ -1,14 +1,14 @@
 """Redis bus and latest-state cache (``redis://``) for several hub instances.
 
 Bus. Every event is delivered to this instance's handlers synchronously (no round trip), and,
-unless it is ``local_only``, sent to Redis pub/sub on one channel with this instance's id, in
-publish order, pipelined once per loop tick. Other instances' events arrive through the
-subscriber task. The subscription is confirmed before ``start`` returns, so nothing published
-after it is missed; after a Redis failure the task reconnects with capped backoff (0.1 s to
-2 s) and resubscribes, and ``on_reconnect`` callbacks run (the cache rebuilds itself). Redis
-pub/sub is at most once: events published while Redis is down are counted in ``dropped`` and
-lost for other instances' clients (they resync from snapshots); Redis is never the source of
-truth, the store is.
+unless it is ``local_only``, sent whole (core/events.py ``encode_for_bus``) to Redis pub/sub on
+one channel with this instance's id, in publish order, pipelined once per loop tick. Other
+instances' events arrive through the subscriber task. The subscription is confirmed before
+``start`` returns, so nothing published after it is missed; after a Redis failure the task
+reconnects with capped backoff (0.1 s to 2 s) and resubscribes, and ``on_resume`` handlers run
+(the read models catch up). Redis pub/sub is at most once: events published while Redis is
+down are counted in ``dropped`` and lost for other instances' clients (they resync from
+snapshots); Redis is never the source of truth, the store is.
 
 Cache. Reads come from a local mirror (kept current by this instance's ingest and by every
 other instance's events through the bus), so the hot path never awaits Redis. Writes go
@@ -22,16 +22,19 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from fieldlink.backends.memory import MemoryCache
+from fieldlink.core.events import DomainEvent, decode_from_bus, encode_for_bus
+from fieldlink.core.measures import Measure
 from fieldlink.core.model import Record
-from fieldlink.ports import Event, EventHandler
+from fieldlink.ports import EventHandler, ResumeHandler
 
 log = logging.getLogger("fieldlink.redis")
 
@@ -40,15 +43,13 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 2.0
 
 
-def encode_event(origin: str, event: Event) -> bytes:
-    head = orjson.dumps([origin, event.type, list(event.channels), event.key, event.final])
-    return head + b"\n" + event.data
+def encode_event(origin: str, event: DomainEvent) -> bytes:
+    return origin.encode() + b"\n" + encode_for_bus(event)
 
 
-def decode_event(message: bytes) -> tuple[str, Event]:
-    head, _, data = message.partition(b"\n")
-    origin, kind, channels, key, final = orjson.loads(head)
-    return origin, Event(kind, tuple(channels), data, key, final=final)
+def decode_event(message: bytes) -> tuple[str, DomainEvent]:
+    origin, _, data = message.partition(b"\n")
+    return origin.decode(), decode_from_bus(data)
 
 
 class RedisBus:
@@ -68,21 +69,40 @@ class RedisBus:
         self.dropped = 0
         self.reconnects = 0
         self.malformed = 0
-        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self._resume_handlers: list[ResumeHandler] = []
 
-    def subscribe(self, handler: EventHandler) -> None:
-        """Called for every event: this instance's (synchronously) and other instances'."""
-        self._handlers.append(handler)
+    def subscribe(self, handler: EventHandler, *, remote_only: bool = False) -> None:
+        """Every event: this instance's (synchronously) and other instances'; with
+        ``remote_only``, other instances' only, before the other handlers."""
+        (self._remote_handlers if remote_only else self._handlers).append(handler)
 
-    def subscribe_remote(self, handler: EventHandler) -> None:
-        """Called, before the ``subscribe`` handlers, for events from other instances only."""
-        self._remote_handlers.append(handler)
+    def on_resume(self, handler: ResumeHandler) -> None:
+        self._resume_handlers.append(handler)
+
+    def ok(self) -> bool:
+        return self.connected
+
+    def measures(self) -> Iterator[Measure]:
+        for name, help_text, value in (
+            ("fieldlink_bus_published", "Events sent to other instances (Redis)", self.published),
+            (
+                "fieldlink_bus_received",
+                "Events received from other instances (Redis)",
+                self.received,
+            ),
+            (
+                "fieldlink_bus_dropped",
+                "Events not sent to other instances because Redis was unreachable",
+                self.dropped,
+            ),
+        ):
+            yield Measure(name, help_text, "counter", value)
 
     async def start(self, timeout_s: float = 10.0) -> None:
         self._task = asyncio.create_task(self._listen())
         await asyncio.wait_for(self._subscribed.wait(), timeout_s)
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: DomainEvent) -> None:
         for handler in self._handlers:
             handler(event)
         if event.local_only:
@@ -134,8 +154,8 @@ class RedisBus:
                 self.connected = True
                 self._subscribed.set()
                 delay = BACKOFF_MIN_S
-                for callback in self.on_reconnect if self.reconnects else ():
-                    await callback()
+                for handler in self._resume_handlers if self.reconnects else ():
+                    await handler()
                 log.info("redis bus subscribed on %s", self.url)
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -158,7 +178,7 @@ class RedisBus:
     def _deliver(self, message: bytes) -> None:
         try:
             origin, event = decode_event(message)
-        except (ValueError, TypeError) as exc:  # not ours: never let it stop the listener
+        except (ValueError, TypeError, msgspec.DecodeError) as exc:  # never stop the listener
             self.malformed += 1
             log.warning("ignored a malformed message on %s: %s", EVENTS_CHANNEL, exc)
             return

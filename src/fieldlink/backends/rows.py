@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from fieldlink.core.commands import Command
+from fieldlink.core.model import Device
 
 
 def command_row(command: Command) -> tuple[Any, ...]:
@@ -37,3 +38,20 @@ def bucket_rows(rows: Sequence[Any], agg: str) -> list[dict[str, Any]]:
             out.append({"ts": bucket})
         out[-1][key] = int(value) if agg == "count" else float(value)
     return out
+
+
+def device_row(device: Device) -> tuple[Any, ...]:
+    """``(id, kind, meta, created_ms, last_seen_ms, tenant_id)`` for the devices table."""
+    return (
+        device.id,
+        device.kind,
+        orjson.dumps(device.meta).decode(),
+        device.created_ms,
+        device.last_seen_ms,
+        device.tenant_id,
+    )
+
+
+def device_from(row: Sequence[Any]) -> Device:
+    """A device from a row in ``device_row``'s column order (meta as JSON text)."""
+    return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5])

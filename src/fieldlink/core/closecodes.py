@@ -20,9 +20,9 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
     TOKEN_EXPIRED = 4001  # reconnect with a fresh token (or send {"type":"auth"} in time)
-    REVOKED = 4003  # the user was disabled: a new token will be refused too
     SLOW_CONSUMER = 4008  # its bounded outbox overflowed: reconnect and resync
     TOO_MANY_ERRORS = 4500  # kept sending messages we cannot act on
+    REVOKED = 4503  # the user was disabled: a new token will be refused too
 
 
 def should_reconnect(code: int) -> bool:

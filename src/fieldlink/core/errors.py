@@ -1,14 +1,20 @@
 """One error hierarchy, split by blame. Every error that reaches a user has a stable code.
 
 FieldlinkError
-├── ClientError          the peer sent something we refuse (4xx, WS error frame,
-    │                        counted MQTT rejection)
-│   ├── ValidationError  bad payload: code + field path
-│   ├── NotFound         unknown device / resource (404)
-│   ├── PayloadTooLarge  body over the limit, refused before it is read whole (413)
-│   └── ProtocolError    a WebSocket client message we cannot act on
-├── DependencyDown       store, broker or bus unavailable (503 + Retry-After)
-└── InternalError        our bug; logged with a trace, answered without one
+├── ClientError            the peer sent something we refuse (4xx, a WebSocket error frame,
+│   │                      a counted MQTT rejection)
+│   ├── ValidationError    bad payload or parameter: code + field path (422)
+│   ├── NotFound           unknown device or resource, or one the caller may not see (404)
+│   ├── PayloadTooLarge    body over the limit, refused before it is read whole (413)
+│   ├── ProtocolError      a WebSocket client message we cannot act on
+│   ├── Unauthorized       no valid credentials: missing, bad or expired token or key (401)
+│   ├── Forbidden          valid credentials, not allowed: role, tenant, origin (403)
+│   │   └── DeviceRefused  a write for a device the caller may not speak for
+│   ├── Conflict           the id is taken (409)
+│   ├── RateLimited        too many requests; ``retry_after_s`` says when to retry (429)
+│   └── HttpError          any other HTTP status the web framework decided (405, ...)
+├── DependencyDown         store, broker or bus unavailable (503 + Retry-After)
+└── InternalError          our bug; logged with a trace, answered without one (500)
 """
 
 from __future__ import annotations
@@ -62,10 +68,46 @@ class ProtocolError(ClientError):
     code = "bad_message"
 
 
+class Unauthorized(ClientError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(ClientError):
+    code = "forbidden"
+    http_status = 403
+
+
+class DeviceRefused(Forbidden):
+    """A request that writes for a device it may not speak for."""
+
+
+class Conflict(ClientError):
+    code = "conflict"
+    http_status = 409
+
+
+class RateLimited(ClientError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class HttpError(ClientError):
+    """An HTTP status decided by the web framework (unknown route, wrong method)."""
+
+    def __init__(self, status: int, message: str, *, code: str = "http_error") -> None:
+        super().__init__(message, code=code)
+        self.http_status = status
+
+
 class DependencyDown(FieldlinkError):
     code = "unavailable"
     http_status = 503
 
 
 class InternalError(FieldlinkError):
-    pass
+    code = "internal_error"

@@ -9,28 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fieldlink.core.model import Status
+from fieldlink.core.events import DeviceStatus, StatusReason
+
+ONLINE, OFFLINE, UNKNOWN = DeviceStatus.ONLINE, DeviceStatus.OFFLINE, DeviceStatus.UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
 class StatusChange:
     device_id: str
-    status: Status
+    status: DeviceStatus
     ts_ms: int
-    reason: str  # "reported" | "telemetry" | "silence"
-
-    def to_event_data(self) -> dict[str, object]:
-        return {
-            "device_id": self.device_id,
-            "status": self.status,
-            "ts": self.ts_ms,
-            "reason": self.reason,
-        }
+    reason: StatusReason
 
 
 @dataclass(slots=True)
 class _Entry:
-    status: Status
+    status: DeviceStatus
     last_seen_ms: int
     since_ms: int
 
@@ -42,9 +36,9 @@ class StatusBook:
         self.silence_timeout_ms = silence_timeout_ms
         self._entries: dict[str, _Entry] = {}
 
-    def status(self, device_id: str) -> Status:
+    def status(self, device_id: str) -> DeviceStatus:
         entry = self._entries.get(device_id)
-        return entry.status if entry else "unknown"
+        return entry.status if entry else UNKNOWN
 
     def last_seen_ms(self, device_id: str) -> int | None:
         entry = self._entries.get(device_id)
@@ -55,17 +49,19 @@ class StatusBook:
         return entry.since_ms if entry else None
 
     def counts(self) -> dict[str, int]:
-        out = {"online": 0, "offline": 0}
+        out = {str(ONLINE): 0, str(OFFLINE): 0}
         for entry in self._entries.values():
             out[entry.status] = out.get(entry.status, 0) + 1
         return out
 
-    def _set(self, device_id: str, status: Status, now_ms: int, reason: str) -> StatusChange | None:
+    def _set(
+        self, device_id: str, status: DeviceStatus, now_ms: int, reason: StatusReason
+    ) -> StatusChange | None:
         entry = self._entries.get(device_id)
         if entry is None:
             self._entries[device_id] = _Entry(status, now_ms, now_ms)
             return StatusChange(device_id, status, now_ms, reason)
-        if status == "online":
+        if status == ONLINE:
             entry.last_seen_ms = max(entry.last_seen_ms, now_ms)
         if entry.status == status:
             return None
@@ -73,28 +69,28 @@ class StatusBook:
         entry.since_ms = now_ms
         return StatusChange(device_id, status, now_ms, reason)
 
-    def report(self, device_id: str, status: Status, now_ms: int) -> StatusChange | None:
+    def report(self, device_id: str, status: DeviceStatus, now_ms: int) -> StatusChange | None:
         """The device (or its broker-delivered last will) said ``online``/``offline``."""
-        return self._set(device_id, status, now_ms, "reported")
+        return self._set(device_id, DeviceStatus(status), now_ms, StatusReason.REPORTED)
 
     def activity(self, device_id: str, now_ms: int) -> StatusChange | None:
         """The device sent telemetry: it is online, whatever it said before."""
         entry = self._entries.get(device_id)
-        if entry is not None and entry.status == "online":
+        if entry is not None and entry.status == ONLINE:
             entry.last_seen_ms = max(entry.last_seen_ms, now_ms)
             return None
-        return self._set(device_id, "online", now_ms, "telemetry")
+        return self._set(device_id, ONLINE, now_ms, StatusReason.TELEMETRY)
 
-    def apply(self, change: StatusChange) -> None:
+    def apply(self, device_id: str, status: DeviceStatus, ts_ms: int) -> None:
         """Adopt a change another instance decided (no new change results)."""
-        entry = self._entries.get(change.device_id)
+        entry = self._entries.get(device_id)
         if entry is None:
-            self._entries[change.device_id] = _Entry(change.status, change.ts_ms, change.ts_ms)
+            self._entries[device_id] = _Entry(status, ts_ms, ts_ms)
             return
-        entry.status = change.status
-        entry.since_ms = change.ts_ms
-        if change.status == "online":
-            entry.last_seen_ms = max(entry.last_seen_ms, change.ts_ms)
+        entry.status = status
+        entry.since_ms = ts_ms
+        if status == ONLINE:
+            entry.last_seen_ms = max(entry.last_seen_ms, ts_ms)
 
     def seen(self, device_id: str, now_ms: int) -> None:
         """Another instance received telemetry: refresh last-seen, change nothing else."""
@@ -109,8 +105,8 @@ class StatusBook:
         cutoff = now_ms - self.silence_timeout_ms
         changes = []
         for device_id, entry in self._entries.items():
-            if entry.status == "online" and entry.last_seen_ms < cutoff:
-                entry.status = "offline"
+            if entry.status == ONLINE and entry.last_seen_ms < cutoff:
+                entry.status = OFFLINE
                 entry.since_ms = now_ms
-                changes.append(StatusChange(device_id, "offline", now_ms, "silence"))
+                changes.append(StatusChange(device_id, OFFLINE, now_ms, StatusReason.SILENCE))
         return changes

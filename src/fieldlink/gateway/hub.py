@@ -1,11 +1,15 @@
-"""Channels, membership and corked fan-out, with an explicit overload policy.
+"""Channels, membership and corked fan-out of domain events, with an explicit overload policy.
 
-Theory of operation. ``publish`` (the bus handler) gives each event the next sequence number
-of every channel that carries it and, if the channel has members, appends the event's JSON to
-the channel's pending list. A flush, scheduled at most once at a time, turns each channel's
-pending list into ONE text frame (a single event, or a JSON array of events under load), and
-writes to each member ONE buffer holding the frames of all its channels. Cost per event is
-O(channels); cost per member is one write per flush, never an await.
+Theory of operation. Every client connection (a ``Member``) speaks one client protocol, whose
+``Renderer`` turns domain events into that protocol's bytes. A channel keeps one
+``Audience`` per renderer among its members. ``publish`` (the bus handler) gives the event
+the next sequence number of every channel that carries it and, for each audience with
+members, renders it once for that channel (the renderer's body of the event is computed once
+per event, its per-channel envelope once per channel) and appends it to the audience's pending
+list. A flush, scheduled at most once at a time, turns each audience's pending list into one
+blob of frames and writes to each member ONE buffer holding the blobs of all its channels.
+Cost per event is O(channels x renderers present); cost per member is one write per flush,
+never an await.
 
 Flushes run on the next loop tick when the hub is idle. When a flush was expensive (many
 members), the next one waits as long as the last one took, so fan-out uses at most about half
@@ -13,153 +17,191 @@ of the loop and events batch up instead of queueing behind syscalls.
 
 Slow clients. When a member's transport buffer passes ``max_pending_bytes`` the transport
 pauses it; while paused it is not written to, and its events are conflated: it keeps only the
-latest event per (channel, type, device), so its backlog is bounded by the number of devices,
-not by time. When the buffer drains the backlog is written as one frame (sequence numbers show
-the gap). A member paused longer than ``slow_timeout_s``, or whose buffer passes
+latest event per (channel, type, key), so its backlog is bounded by the number of devices,
+not by time. When the buffer drains the backlog is written at once (sequence numbers show the
+gap). A member paused longer than ``slow_timeout_s``, or whose buffer passes
 ``4 * max_pending_bytes``, is closed with ``CloseCode.SLOW_CONSUMER`` and counted; nobody else
 waits for it.
+
+What the hub does not do: parse client messages or decide who may join what (the protocol's
+session handler does, gateway/native.py), or know any protocol's wire format (renderers do).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
 from fieldlink.core import channels
+from fieldlink.core.access import Principal
 from fieldlink.core.closecodes import CloseCode
-from fieldlink.core.errors import ProtocolError
-from fieldlink.core.ratelimit import RateLimiter
-from fieldlink.gateway import protocol
-from fieldlink.gateway.frames import text_frame
-from fieldlink.ports import Event
+from fieldlink.core.events import DomainEvent
+from fieldlink.core.measures import Measure, counter, gauge, labelled, measures_of
 
-MAX_EVENTS_PER_FRAME = 500
+ConflationKey = tuple[str, str, str]  # (channel, event type, key)
+
+
+class Renderer(Protocol):
+    """One client protocol's view of domain events. Renderers are stateless and shared."""
+
+    def body(self, event: DomainEvent) -> bytes | None:
+        """The event's body in this protocol, computed once per event; None if the protocol
+        does not carry this event."""
+
+    def payload(self, event: DomainEvent, channel: str, seq: int, body: bytes) -> bytes:
+        """The event as sent on one channel (envelope around ``body``)."""
+
+    def frames(self, payloads: list[bytes]) -> bytes:
+        """The bytes to write for a channel's pending payloads (all members share them)."""
 
 
 class Member(Protocol):
     """What the hub needs of a connected client (gateway/ws.py implements it)."""
 
     client_id: str
+    renderer: Renderer
+    principal: Principal | None
     subscriptions: set[str]
     out: list[bytes]
     closing: bool
     paused_since: float | None
-    backlog: dict[tuple[str, str, str], bytes]
+    backlog: dict[ConflationKey, bytes]
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> None:
+        """Write bytes the renderer made (frames) to the transport."""
 
     def buffered_bytes(self) -> int: ...
 
-    def send(self, payload: bytes) -> None: ...
+    def kick(self, code: int, reason: str) -> None:
+        """Close the connection with ``code`` (the hub has already forgotten the member)."""
 
-    def kick(self, code: int, reason: str) -> None: ...
+
+class Audience:
+    """The members of one channel that speak one renderer, and their pending payloads."""
+
+    __slots__ = ("keys", "members", "pending", "renderer")
+
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+        self.members: set[Member] = set()
+        self.pending: list[bytes] = []
+        self.keys: list[ConflationKey] = []
 
 
 class Channel:
-    __slots__ = ("members", "name", "pending", "pending_keys", "seq")
+    __slots__ = ("audiences", "name", "seq")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.seq = 0
-        self.members: set[Member] = set()
-        self.pending: list[bytes] = []
-        self.pending_keys: list[tuple[str, str, str]] = []
+        self.audiences: list[Audience] = []
 
+    def audience(self, renderer: Renderer) -> Audience:
+        for audience in self.audiences:
+            if audience.renderer is renderer:
+                return audience
+        audience = Audience(renderer)
+        self.audiences.append(audience)
+        return audience
 
-def frames_for(payloads: list[bytes]) -> bytes:
-    """Frames for a list of event payloads: one object, or JSON arrays of at most
-    MAX_EVENTS_PER_FRAME events."""
-    if len(payloads) == 1:
-        return text_frame(payloads[0])
-    return b"".join(
-        text_frame(b"[" + b",".join(payloads[i : i + MAX_EVENTS_PER_FRAME]) + b"]")
-        for i in range(0, len(payloads), MAX_EVENTS_PER_FRAME)
-    )
+    def has_members(self) -> bool:
+        return any(audience.members for audience in self.audiences)
 
 
 @dataclass(slots=True)
 class HubStats:
-    connected: int = 0
-    connections_total: int = 0
-    events_published: int = 0
-    deliveries: int = 0
-    frames_written: int = 0
+    connected: int = gauge("fieldlink_ws_clients", "Connected WebSocket clients")
+    connections_total: int = counter("fieldlink_ws_connections", "WebSocket connections accepted")
+    events_published: int = counter("fieldlink_ws_events", "Events published to the gateway")
+    deliveries: int = counter("fieldlink_ws_deliveries", "Events delivered to clients")
+    frames_written: int = counter("fieldlink_ws_writes", "Socket writes by the gateway")
     flushes: int = 0
-    slow_disconnects: int = 0
-    conflated: int = 0
-    client_errors: int = 0
-    refused: dict[str, int] = field(default_factory=dict)  # handshakes refused, by code
-    forbidden: int = 0  # subscribes and commands refused by authorization
-    rate_limited: int = 0  # client messages over the per-connection rate
-    expired: int = 0  # connections closed because their token expired
+    slow_disconnects: int = counter(
+        "fieldlink_ws_slow_disconnects", "Clients closed as slow consumers"
+    )
+    conflated: int = counter(
+        "fieldlink_ws_conflated", "Events replaced by a newer one for a lagging client"
+    )
+    client_errors: int = counter(
+        "fieldlink_ws_client_errors", "Client messages answered with an error"
+    )
+    refused: dict[str, int] = labelled(
+        "fieldlink_ws_handshakes_refused", "WebSocket handshakes refused, by code", "code"
+    )
+    forbidden: int = counter(
+        "fieldlink_ws_forbidden", "Subscribes and commands refused by authorization"
+    )
+    rate_limited: int = counter(
+        "fieldlink_ws_rate_limited", "Client messages refused by the per-connection rate limit"
+    )
+    expired: int = counter(
+        "fieldlink_ws_token_expired", "Connections closed because their token expired"
+    )
 
     def refuse(self, code: str) -> None:
         self.refused[code] = self.refused.get(code, 0) + 1
 
 
-SnapshotFn = Callable[[str], bytes]
-"""Returns the JSON snapshot of a channel (latest state) for a ``subscribed`` reply."""
-
-
 class Hub:
+    """Implements ``ports.SessionCloser``."""
+
     def __init__(
         self,
-        snapshot: SnapshotFn,
         *,
         max_pending_bytes: int = 1024 * 1024,
         slow_timeout_s: float = 10.0,
         flush_backoff: float = 1.0,
         max_flush_delay_s: float = 0.05,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        private_channel_ttl_s: float = 5.0,
     ) -> None:
-        self.snapshot = snapshot
         self.max_pending_bytes = max_pending_bytes
         self.slow_timeout_s = slow_timeout_s
-        self.paused: set[Member] = set()
         self.flush_backoff = flush_backoff
         self.max_flush_delay_s = max_flush_delay_s
-        self.clock_ms = clock_ms
+        self.private_channel_ttl_s = private_channel_ttl_s
+        self.paused: set[Member] = set()
         self.channels: dict[str, Channel] = {}
         self.members: set[Member] = set()
         self.stats = HubStats()
-        self._dirty: list[Channel] = []
+        self._dirty: list[Audience] = []
         self._scheduled = False
         self._next_flush_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Commands from clients go to the command service (wired by the runtime).
-        self.on_command: Callable[[Member, dict[str, Any]], None] | None = None
-        # Authorization (wired by the runtime): may this member join this channel?
-        self.authorize: Callable[[Member, str], bool] | None = None
-        # A client's {"type": "auth", "token"} (token refresh); returns the reply frame.
-        self.on_auth: Callable[[Member, dict[str, Any]], bytes] | None = None
-        # Per-connection message rate (the runtime sets it from its settings).
-        self.message_limiter = RateLimiter(50.0, 100.0)
-        self.private_channel_ttl_s = 5.0
 
     # ---- events in ----------------------------------------------------------------------
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: DomainEvent) -> None:
         """Bus handler: sequence the event on each of its channels and queue it for members."""
         self.stats.events_published += 1
+        bodies: dict[Renderer, bytes | None] = {}
+        final = event.final
+        event_type = event.type
         for name in event.channels:
             channel = self.channels.get(name)
             if channel is None:
                 if name.startswith(channels.COMMAND_PREFIX):
                     continue  # a private channel with no member here: nothing to keep
                 channel = self.channels[name] = Channel(name)
-            elif event.final and name.startswith(channels.COMMAND_PREFIX):
+            elif final and name.startswith(channels.COMMAND_PREFIX):
                 self.close_private(name)
             channel.seq += 1
-            if channel.members:
-                if not channel.pending:
-                    self._dirty.append(channel)
-                channel.pending.append(
-                    protocol.event_payload(event.type, name, channel.seq, event.data)
-                )
-                channel.pending_keys.append((name, event.type, event.key or str(channel.seq)))
+            for audience in channel.audiences:
+                if not audience.members:
+                    continue
+                renderer = audience.renderer
+                if renderer in bodies:
+                    body = bodies[renderer]
+                else:
+                    body = bodies[renderer] = renderer.body(event)
+                if body is None:
+                    continue
+                if not audience.pending:
+                    self._dirty.append(audience)
+                audience.pending.append(renderer.payload(event, name, channel.seq, body))
+                audience.keys.append((name, event_type, event.key or str(channel.seq)))
         if self._dirty and not self._scheduled:
             self._schedule()
 
@@ -174,7 +216,7 @@ class Hub:
             loop.call_later(min(delay, self.max_flush_delay_s), self.flush)
 
     def flush(self) -> None:
-        """Write every pending event to its channels' members: one write per member."""
+        """Write every pending event to its audiences' members: one write per member."""
         self._scheduled = False
         if not self._dirty:
             return
@@ -182,13 +224,13 @@ class Hub:
         dirty, self._dirty = self._dirty, []
         touched: list[Member] = []
         deliveries = 0
-        for channel in dirty:
-            pending, channel.pending = channel.pending, []
-            keys, channel.pending_keys = channel.pending_keys, []
-            members = channel.members
+        for audience in dirty:
+            pending, audience.pending = audience.pending, []
+            keys, audience.keys = audience.keys, []
+            members = audience.members
             if not members:
                 continue
-            blob = frames_for(pending)
+            blob = audience.renderer.frames(pending)
             deliveries += len(pending) * len(members)
             for member in members:
                 if member.paused_since is not None:
@@ -213,9 +255,7 @@ class Hub:
         ended = time.perf_counter()
         self._next_flush_at = ended + (ended - started) * self.flush_backoff
 
-    def _conflate(
-        self, member: Member, keys: list[tuple[str, str, str]], payloads: list[bytes]
-    ) -> None:
+    def _conflate(self, member: Member, keys: list[ConflationKey], payloads: list[bytes]) -> None:
         backlog = member.backlog
         for key, payload in zip(keys, payloads, strict=True):
             if backlog.pop(key, None) is not None:
@@ -237,7 +277,7 @@ class Hub:
         if member.backlog and not member.closing:
             payloads = list(member.backlog.values())
             member.backlog.clear()
-            member.write(frames_for(payloads))
+            member.write(member.renderer.frames(payloads))
 
     def sweep_slow(self, now: float | None = None) -> int:
         """Close members paused for longer than ``slow_timeout_s``. Returns how many."""
@@ -251,6 +291,13 @@ class Hub:
             self._kick_slow(member, "slow consumer: not reading")
         return len(stale)
 
+    async def run_slow_sweeper(self) -> None:
+        """Close members that stay paused longer than the slow timeout, until cancelled."""
+        interval = max(0.05, min(1.0, self.slow_timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep_slow()
+
     def _kick_slow(self, member: Member, reason: str) -> None:
         self.stats.slow_disconnects += 1
         self.kick(member, CloseCode.SLOW_CONSUMER, reason)
@@ -261,21 +308,15 @@ class Hub:
         self.members.add(member)
         self.stats.connected = len(self.members)
         self.stats.connections_total += 1
-        principal = getattr(member, "principal", None)
-        identity = (
-            {"tenant": principal.tenant_id, "role": str(principal.role)} if principal else None
-        )
-        member.send(protocol.connected(member.client_id, self.clock_ms(), identity))
 
     def remove(self, member: Member) -> None:
         """Forget a member (its connection is gone). Idempotent."""
         for name in member.subscriptions:
             channel = self.channels.get(name)
             if channel is not None:
-                channel.members.discard(member)
+                channel.audience(member.renderer).members.discard(member)
         member.subscriptions.clear()
         member.backlog.clear()
-        self.message_limiter.forget(member)
         self.paused.discard(member)
         self.members.discard(member)
         self.stats.connected = len(self.members)
@@ -284,74 +325,43 @@ class Hub:
         self.remove(member)
         member.kick(code, reason)
 
-    def subscribe(self, member: Member, name: str, request: dict[str, Any] | None = None) -> None:
-        """Join a channel and answer with its snapshot.
+    def close_subject(self, subject: str, code: int, reason: str) -> int:
+        """Close every connection of one user (``ports.SessionCloser``)."""
+        members = [m for m in self.members if m.principal and m.principal.subject == subject]
+        for member in members:
+            self.kick(member, code, reason)
+        return len(members)
 
-        Pending events are flushed first, so the member receives exactly the events published
-        after its snapshot, each once, in order.
-        """
+    def count_subject(self, subject: str) -> int:
+        """Open connections authenticated as ``subject`` (per-user cap)."""
+        return sum(1 for m in self.members if m.principal and m.principal.subject == subject)
+
+    def join(self, member: Member, name: str) -> int:
+        """Join a channel; returns its sequence number now. Pending events are flushed first,
+        so the member receives exactly the events published after this call, each once, in
+        order: a snapshot the caller sends right away is consistent with that number."""
         if self._dirty:
             self.flush()
         channel = self.channels.get(name)
         if channel is None:
             channel = self.channels[name] = Channel(name)
-        channel.members.add(member)
+        channel.audience(member.renderer).members.add(member)
         member.subscriptions.add(name)
-        member.send(protocol.subscribed(name, channel.seq, self.snapshot(name), request))
+        return channel.seq
 
-    def unsubscribe(self, member: Member, name: str, request: dict[str, Any] | None = None) -> None:
+    def leave(self, member: Member, name: str) -> None:
         channel = self.channels.get(name)
         if channel is not None:
-            channel.members.discard(member)
+            channel.audience(member.renderer).members.discard(member)
         member.subscriptions.discard(name)
-        member.send(protocol.unsubscribed(name, request))
-
-    def handle_message(self, member: Member, payload: bytes) -> None:
-        """One client text message. Mistakes are answered with an error frame; the connection
-        stays open."""
-        message: dict[str, Any] | None = None
-        wait_s = self.message_limiter.take(member, time.monotonic())
-        if wait_s > 0:
-            self.stats.rate_limited += 1
-            member.send(protocol.rate_limited(int(wait_s * 1000) + 1))
-            return
-        try:
-            message = protocol.parse_client_message(payload)
-            kind = message["type"]
-            if kind == "subscribe":
-                if self.authorize is not None and not self.authorize(member, message["channel"]):
-                    self.stats.forbidden += 1
-                    raise ProtocolError(
-                        "not allowed to subscribe to this channel", code="forbidden"
-                    )
-                self.subscribe(member, message["channel"], message)
-            elif kind == "unsubscribe":
-                self.unsubscribe(member, message["channel"], message)
-            elif kind == "auth":
-                if self.on_auth is None:
-                    raise ProtocolError("authentication is off here", code="unsupported")
-                member.send(self.on_auth(member, message))
-            elif kind == "command":
-                if self.on_command is None:
-                    raise ProtocolError("commands are not enabled here", code="unsupported")
-                self.on_command(member, message)
-            else:
-                member.send(protocol.pong(message, self.clock_ms()))
-        except ProtocolError as exc:
-            self.stats.client_errors += 1
-            member.send(protocol.error(exc.code, exc.message, message))
-
-    def count_subject(self, subject: str) -> int:
-        """Open connections authenticated as ``subject`` (per-user cap)."""
-        return sum(1 for m in self.members if getattr(m, "subject", None) == subject)
 
     def join_private(self, member: Member, name: str) -> None:
-        """Add a member to a private channel (a command's requester) without a reply. The
-        channel is dropped ``private_channel_ttl_s`` after ``close_private``."""
+        """Add a member to a private channel (a command's requester). The channel is dropped
+        ``private_channel_ttl_s`` after its final event."""
         channel = self.channels.get(name)
         if channel is None:
             channel = self.channels[name] = Channel(name)
-        channel.members.add(member)
+        channel.audience(member.renderer).members.add(member)
         member.subscriptions.add(name)
 
     def close_private(self, name: str) -> None:
@@ -362,8 +372,9 @@ class Hub:
     def _drop_channel(self, name: str) -> None:
         channel = self.channels.pop(name, None)
         if channel is not None:
-            for member in channel.members:
-                member.subscriptions.discard(name)
+            for audience in channel.audiences:
+                for member in audience.members:
+                    member.subscriptions.discard(name)
 
     def channel_seq(self, name: str) -> int:
         channel = self.channels.get(name)
@@ -371,7 +382,7 @@ class Hub:
 
     def subscriber_count(self, name: str) -> int:
         channel = self.channels.get(name)
-        return len(channel.members) if channel else 0
+        return sum(len(a.members) for a in channel.audiences) if channel else 0
 
-
-__all__ = ["Hub", "HubStats", "Member", "channels"]
+    def measures(self) -> Iterator[Measure]:
+        return measures_of(self.stats)

@@ -29,7 +29,8 @@ from fieldlink.core.closecodes import CloseCode
 from fieldlink.core.errors import FieldlinkError
 from fieldlink.gateway import protocol
 from fieldlink.gateway.frames import PING_FRAME, text_frame
-from fieldlink.gateway.hub import Hub
+from fieldlink.gateway.hub import Hub, Renderer
+from fieldlink.gateway.native import NativeSession
 
 log = logging.getLogger("fieldlink.gateway")
 
@@ -68,9 +69,12 @@ def _select_subprotocol(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Su
 
 
 class GatewayConnection(asyncio.Protocol):
-    """One WebSocket client of the hub (implements ``hub.Member``)."""
+    """One WebSocket client of the hub (implements ``native.NativeMember``): the transport
+    side. What the client says goes to the protocol's session handler; what the hub writes
+    goes straight to the socket."""
 
     hub: Hub
+    session: NativeSession
     settings: GatewaySettings
 
     def __init__(self, config: Any, server_state: Any, app_state: Any) -> None:
@@ -83,8 +87,8 @@ class GatewayConnection(asyncio.Protocol):
             subprotocols=[Subprotocol(SUBPROTOCOL)],
             select_subprotocol=_select_subprotocol,
         )
+        self.renderer: Renderer = self.session.renderer
         self.principal: Principal | None = None
-        self.subject: str | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self.client_id = secrets.token_urlsafe(9)
         self.subscriptions: set[str] = set()
@@ -134,7 +138,7 @@ class GatewayConnection(asyncio.Protocol):
         if self._expiry is not None:
             self._expiry.cancel()
         if self.opened:
-            self.hub.remove(self)
+            self.session.closed(self)
 
     def pause_writing(self) -> None:
         if self.delegate is not None:
@@ -218,7 +222,7 @@ class GatewayConnection(asyncio.Protocol):
         if self.ws.close_expected() and self.transport is not None and not self.closing:
             self.closing = True
             if self.opened:
-                self.hub.remove(self)
+                self.session.closed(self)
             self.transport.close()
 
     def _refuse(self, status: int, code: str, message: str) -> None:
@@ -241,9 +245,8 @@ class GatewayConnection(asyncio.Protocol):
             except FieldlinkError as exc:
                 self._refuse(exc.http_status, exc.code, exc.message)
                 return
-            self.subject = self.principal.subject
             if settings.max_per_subject and (
-                self.hub.count_subject(self.subject) >= settings.max_per_subject
+                self.hub.count_subject(self.principal.subject) >= settings.max_per_subject
             ):
                 self._refuse(
                     429,
@@ -262,12 +265,16 @@ class GatewayConnection(asyncio.Protocol):
             assert self.transport is not None
             # Above this the transport calls pause_writing and the hub conflates (hub.py).
             self.transport.set_write_buffer_limits(high=self.hub.max_pending_bytes)
-            self.hub.add(self)
+            self.session.opened(self)
             self.expire_at(self.principal.expires_ms if self.principal else None)
         else:
             self.closing = True
             assert self.transport is not None
             self.transport.close()
+
+    def reauthenticate(self, principal: Principal) -> None:
+        self.principal = principal
+        self.expire_at(principal.expires_ms)
 
     def expire_at(self, expires_ms: int | None) -> None:
         """Close with 4001 when the token expires (a refresh moves the deadline)."""
@@ -297,24 +304,22 @@ class GatewayConnection(asyncio.Protocol):
             else:
                 payload = data
             if not self.closing:
-                self.hub.handle_message(self, payload)
+                self.session.received(self, payload)
         elif (opcode is Opcode.BINARY or opcode is Opcode.CONT) and frame.fin:
-            self.hub.stats.client_errors += 1
-            self.send(protocol.error("unsupported_data", "send JSON text frames, not binary"))
+            self.session.binary(self)
         # PING is answered and CLOSE handled by ServerProtocol; PONG only refreshes last_rx.
 
 
-def websocket_protocol_factory(hub: Hub, settings: GatewaySettings) -> type[GatewayConnection]:
-    """A GatewayConnection class bound to one hub, to pass to ``uvicorn.Config(ws=...)``."""
-    return type("BoundGatewayConnection", (GatewayConnection,), {"hub": hub, "settings": settings})
-
-
-async def sweep_slow(hub: Hub) -> None:
-    """Close members that stay paused longer than the hub's slow timeout."""
-    interval = max(0.05, min(1.0, hub.slow_timeout_s / 4))
-    while True:
-        await asyncio.sleep(interval)
-        hub.sweep_slow()
+def websocket_protocol_factory(
+    hub: Hub, session: NativeSession, settings: GatewaySettings
+) -> type[GatewayConnection]:
+    """A GatewayConnection class bound to one hub and session handler, to pass to
+    ``uvicorn.Config(ws=...)`` (uvicorn constructs one per connection)."""
+    return type(
+        "BoundGatewayConnection",
+        (GatewayConnection,),
+        {"hub": hub, "session": session, "settings": settings},
+    )
 
 
 async def keepalive(hub: Hub, settings: GatewaySettings) -> None:

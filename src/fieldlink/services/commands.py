@@ -4,9 +4,14 @@ deadlines, and publish every transition (docs/commands.md).
 The command log in the store is the authority. Every state change is a compare-and-set on the
 stored status, so when instances race (an ack handled by one, the deadline sweeper on another,
 a restart in between) exactly one change wins and each command reaches exactly one terminal
-state. Each winning change is published once on the bus as a ``command`` event on the
+state. Each winning change is published once on the bus as a ``CommandMoved`` event on the
 requester's private channel and the device's channels; every instance learns of it from there
 (REST waiters resolve, requesters' WebSockets are served).
+
+Flow, one direction each: a request (REST or a gateway session) is ``authorize``d, ``log``ged
+and ``send``-t: the control message goes to the ``ControlPublisher``. A device's answer comes
+from the MQTT listener to ``handle_ack`` and leaves as an event on the bus. Authorization for
+commands lives here only, so REST and WebSocket refuse alike.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from fieldlink.core import channels
+from fieldlink.core.access import Principal, can_command, can_read
 from fieldlink.core.codec import DEFAULT_LIMITS, Limits, decode_json
 from fieldlink.core.commands import (
     Command,
@@ -35,32 +40,45 @@ from fieldlink.core.commands import (
     parse_request,
     transition,
 )
-from fieldlink.core.errors import FieldlinkError, NotFound, ValidationError
-from fieldlink.core.model import Device
-from fieldlink.core.status import StatusBook
+from fieldlink.core.errors import Conflict, FieldlinkError, Forbidden, NotFound, ValidationError
+from fieldlink.core.events import CommandMoved, DeviceStatus, DomainEvent, StatusChanged
+from fieldlink.core.measures import Measure, counter, measures_of
 from fieldlink.core.topics import TopicScheme
-from fieldlink.ports import Bus, CommandLog, Event
+from fieldlink.ports import Bus, CommandLog, ControlPublisher, DeviceDirectory, PresenceView
 
 log = logging.getLogger("fieldlink.commands")
 
-# publish(topic, payload) -> True if handed to a connected MQTT client
-PublishFn = Callable[[str, bytes], bool]
 
-
-class DuplicateCommand(FieldlinkError):
+class DuplicateCommand(Conflict):
     code = "duplicate_id"
-    http_status = 409
+
+
+class UnknownDevice(NotFound):
+    """Unknown, or another tenant's (a refusal says nothing about existence)."""
+
+    code = "unknown_device"
 
 
 @dataclass(slots=True)
 class CommandCounters:
-    accepted: int = 0
-    refused: int = 0  # invalid requests and taken ids: never in the log
-    sent: int = 0
-    acks: int = 0
-    late_acks: int = 0
-    acks_rejected: int = 0  # malformed, unknown id, or from another device
-    terminal: int = 0
+    accepted: int = counter("fieldlink_commands_accepted", "Commands logged")
+    refused: int = counter(
+        "fieldlink_commands_refused",
+        "Command requests refused before logging (invalid, id taken, not allowed)",
+    )
+    sent: int = counter("fieldlink_commands_sent", "Commands published to devices")
+    acks: int = counter("fieldlink_command_acks", "Command answers received from devices")
+    late_acks: int = counter(
+        "fieldlink_command_acks_late",
+        "Answers after a terminal state (recorded, outcome unchanged)",
+    )
+    acks_rejected: int = counter(
+        "fieldlink_command_acks_rejected",
+        "Answers that were malformed, for unknown commands, or from another device",
+    )
+    terminal: int = counter(
+        "fieldlink_commands_terminal", "Commands that reached a terminal state (on this instance)"
+    )
 
 
 def new_command_id() -> str:
@@ -73,78 +91,95 @@ class CommandService:
         *,
         log_store: CommandLog,
         bus: Bus,
-        status: StatusBook,
-        devices: dict[str, Device],
-        tenant_of: Callable[[str], str],
+        devices: DeviceDirectory,
+        presence: PresenceView,
+        publisher: ControlPublisher,
         scheme: TopicScheme,
         clock_ms: Callable[[], int],
-        publish: PublishFn,
-        connected: Callable[[], bool],
         limits: Limits = DEFAULT_LIMITS,
         default_timeout_ms: int = 10_000,
         origin: str = "",
     ) -> None:
         self.store = log_store
         self.bus = bus
-        self.status = status
         self.devices = devices
-        self.tenant_of = tenant_of  # the ingestor's: registration, credentials, or default
+        self.presence = presence
+        self.publisher = publisher
         self.scheme = scheme
         self.clock_ms = clock_ms
-        self.publish_control = publish
-        self.connected = connected
         self.limits = limits
         self.default_timeout_ms = default_timeout_ms
         self.origin = origin
         self.counters = CommandCounters()
         self._waiters: dict[str, list[asyncio.Future[Command]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        bus.subscribe(self._on_event)
+        self._connections_seen = 0  # the publisher's connects we have sent pending commands for
 
     # ---- requests -----------------------------------------------------------------------
 
     def parse(self, obj: Any, device_id: str | None = None) -> CommandRequest:
-        """Validate a request (raises ``ValidationError``)."""
-        return parse_request(
-            obj, device_id=device_id, limits=self.limits, default_timeout_ms=self.default_timeout_ms
-        )
+        """Validate a request (raises ``ValidationError``, counted as refused)."""
+        try:
+            return parse_request(
+                obj,
+                device_id=device_id,
+                limits=self.limits,
+                default_timeout_ms=self.default_timeout_ms,
+            )
+        except ValidationError:
+            self.counters.refused += 1
+            raise
 
-    async def submit(
-        self,
-        request: CommandRequest,
-        command_id: str | None = None,
-        on_logged: Callable[[Command], None] | None = None,
-    ) -> Command:
-        """Log the command and send it (or fail it at once for an offline device, or keep it
-        pending until the device is back when ``queue`` is set). Returns it as it stands.
-        Raises ``DuplicateCommand`` for a taken id; an unknown device is logged as
-        ``rejected``. ``on_logged`` runs once the id is ours, before the first event (the
-        WebSocket requester joins the command's channel there)."""
-        now = self.clock_ms()
+    def authorize(self, principal: Principal, device_id: str) -> None:
+        """May ``principal`` command this device? ``UnknownDevice`` for another tenant's
+        device (alike an unknown one), ``Forbidden`` for a role that may not send commands.
+        A device nobody registered yet passes (it is logged and ``rejected``) if the caller
+        may command in its own tenant."""
+        device = self.devices.get(device_id)
+        if device is not None and not can_read(principal, device.tenant_id):
+            self.counters.refused += 1
+            raise UnknownDevice(f"device {device_id!r} is not registered")
+        if not can_command(principal, device.tenant_id if device else principal.tenant_id):
+            self.counters.refused += 1
+            raise Forbidden("your role may not send commands", code="forbidden")
+
+    async def log(self, request: CommandRequest, command_id: str | None = None) -> Command:
+        """Put the command in the log (no event yet). Raises ``DuplicateCommand`` for a taken
+        id. The caller then ``send``s it (a WebSocket requester joins the command's private
+        channel in between, so it sees every transition)."""
         command = new_command(
-            request, command_id or request.id or new_command_id(), now, self.origin
+            request, command_id or request.id or new_command_id(), self.clock_ms(), self.origin
         )
         if not await self.store.insert_command(command):
             self.counters.refused += 1
             raise DuplicateCommand(f"command id {command.id!r} is already taken")
         self.counters.accepted += 1
-        if on_logged is not None:
-            on_logged(command)
+        return command
+
+    async def send(self, command: Command) -> Command:
+        """Publish the command as pending, then send it (or fail it at once for an offline
+        device, keep it pending until the device is back when ``queue`` is set, or reject it
+        for an unknown device). Returns it as it stands."""
         self._publish(command)
-        if request.device_id not in self.devices:
+        device_id = command.device_id
+        if self.devices.get(device_id) is None:
             return await self._move(
                 command,
                 Status.REJECTED,
                 reason="unknown_device",
-                error=f"device {request.device_id!r} is not registered",
+                error=f"device {device_id!r} is not registered",
             )
-        if self.status.status(request.device_id) == "offline" and not request.queue:
+        if self.presence.status(device_id) == DeviceStatus.OFFLINE:
+            if command.queue:
+                return command  # sent when the device comes back, or expires
             return await self._move(
                 command, Status.FAILED, reason="offline", error="the device is offline"
             )
-        if self.status.status(request.device_id) == "offline":
-            return command  # queued: sent when the device comes back, or expires
         return await self._send(command)
+
+    async def submit(self, request: CommandRequest) -> Command:
+        """``log`` then ``send`` (REST)."""
+        return await self.send(await self.log(request))
 
     async def _send(self, command: Command) -> Command:
         """pending -> sent, then publish on the control topic. Marked sent first, so an answer
@@ -154,7 +189,7 @@ class CommandService:
         payload = orjson.dumps(control_message(command))
         moved = await self._move(command, Status.SENT, only_if_connected=True)
         if moved.status is Status.SENT and moved is not command:
-            if self.publish_control(topic, payload):
+            if self.publisher.publish(topic, payload):
                 self.counters.sent += 1
             else:
                 log.warning("command %s marked sent but the broker went away", command.id)
@@ -170,7 +205,7 @@ class CommandService:
         only_if_connected: bool = False,
     ) -> Command:
         """Compare-and-set one transition; returns the stored command (ours, or whatever won)."""
-        if only_if_connected and not self.connected():
+        if only_if_connected and not self.publisher.connected:
             return command
         try:
             moved = transition(command, target, self.clock_ms(), reason=reason, error=error)
@@ -212,6 +247,20 @@ class CommandService:
 
     # ---- deadlines, reconnects, devices coming back ------------------------------------
 
+    async def run_sweeper(self, interval_s: float) -> None:
+        """Until cancelled, every ``interval_s``: enforce deadlines, and once the broker
+        connection is back after a loss, send what waited for it."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                connections = self.publisher.connections
+                if connections != self._connections_seen and self.publisher.connected:
+                    self._connections_seen = connections
+                    await self.send_pending(None)
+                await self.sweep()
+            except FieldlinkError as exc:
+                log.warning("command sweep: %s", exc)
+
     async def sweep(self, limit: int = 500) -> int:
         """Time out or expire every open command past its deadline. Returns how many moved."""
         moved = 0
@@ -227,7 +276,7 @@ class CommandService:
         pending command after the broker connection is back."""
         sent = 0
         for command in await self.store.pending_commands(device_id):
-            if self.status.status(command.device_id) == "offline":
+            if self.presence.status(command.device_id) == DeviceStatus.OFFLINE:
                 continue
             if (await self._send(command)).status is Status.SENT:
                 sent += 1
@@ -236,40 +285,19 @@ class CommandService:
     # ---- events -------------------------------------------------------------------------
 
     def _publish(self, command: Command) -> None:
-        body: dict[str, Any] = {
-            "id": command.id,
-            "device_id": command.device_id,
-            "action": command.action,
-            "status": str(command.status),
-            "ts": command.stages.get(str(command.status), command.created_ms),
-        }
-        for key in ("reason", "error", "result"):
-            value = getattr(command, key)
-            if value is not None:
-                body[key] = value
         if command.terminal:
             self.counters.terminal += 1
-        self.bus.publish(
-            Event(
-                "command",
-                channels.for_command_event(
-                    command.id, command.device_id, self.tenant_of(command.device_id)
-                ),
-                orjson.dumps(body),
-                command.id,
-                final=command.terminal,
-            )
-        )
+        self.bus.publish(CommandMoved(command, self.devices.tenant_of(command.device_id)))
 
-    def _on_event(self, event: Event) -> None:
+    def on_event(self, event: DomainEvent) -> None:
         """Bus handler (this instance's events and others'): wake REST waiters, and send
         queued commands when a device comes online."""
-        if event.type == "command" and event.final:
-            waiters = self._waiters.pop(event.key, None)
+        if isinstance(event, CommandMoved) and event.final:
+            waiters = self._waiters.pop(event.command.id, None)
             if waiters:
-                self._spawn(self._wake(event.key, waiters))
-        elif event.type == "status" and orjson.loads(event.data).get("status") == "online":
-            self._spawn(self.send_pending(event.key))
+                self._spawn(self._wake(event.command.id, waiters))
+        elif isinstance(event, StatusChanged) and event.status == DeviceStatus.ONLINE:
+            self._spawn(self.send_pending(event.device_id))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
@@ -304,6 +332,9 @@ class CommandService:
         if command is None:
             raise NotFound(f"command {command_id!r} not found")
         return command
+
+    def measures(self) -> Iterator[Measure]:
+        return measures_of(self.counters)
 
     async def close(self) -> None:
         for task in list(self._tasks):

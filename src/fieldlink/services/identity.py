@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from fieldlink.core.access import DEFAULT_TENANT, Principal, Role
-from fieldlink.core.errors import FieldlinkError, ValidationError
+from fieldlink.core.errors import Forbidden, Unauthorized, ValidationError
+from fieldlink.core.measures import Measure
 from fieldlink.core.model import is_valid_device_id
-from fieldlink.ports import Docs
+from fieldlink.ports import BrokerAccounts, Docs
 
 log = logging.getLogger("fieldlink.identity")
 
@@ -46,14 +47,7 @@ LOGIN_CODE_TTL_S = 600
 TOKEN_KINDS = ("access", "refresh", "service", "ticket", "session")
 
 
-class Unauthorized(FieldlinkError):
-    code = "unauthorized"
-    http_status = 401
-
-
-class Forbidden(FieldlinkError):
-    code = "forbidden"
-    http_status = 403
+__all__ = ["Forbidden", "IdentityService", "TokenConfig", "TokenService", "Unauthorized"]
 
 
 @dataclass
@@ -179,10 +173,13 @@ class IdentityService:
         docs: Docs,
         tokens: TokenService,
         broker_hasher: Callable[[str], str] | None = None,
+        broker_accounts: BrokerAccounts | None = None,
     ) -> None:
         self.docs = docs
-        # Hashes a device key for the broker's password file (per-device MQTT credentials).
+        # Hashes a device key for the broker's password file (per-device MQTT credentials),
+        # which ``broker_accounts`` (the embedded broker with --device-auth) then takes.
         self.broker_hasher = broker_hasher
+        self.broker_accounts = broker_accounts
         self.tokens = tokens
         self.hasher = PasswordHasher()
         self.counters = IdentityCounters()
@@ -191,8 +188,6 @@ class IdentityService:
         self._login_codes: dict[str, float] = {}
         self.disabled: set[str] = set()  # user names whose tokens no longer work
         self._used_tickets: dict[str, float] = {}
-        # (device_id, broker_hash) after new credentials: the broker's password file follows.
-        self.on_device_credentials: list[Callable[[str, str], None]] = []
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -365,8 +360,8 @@ class IdentityService:
         self._device_key_digests = {
             d: dev for d, dev in self._device_key_digests.items() if dev != device_id
         }
-        for callback in self.on_device_credentials:
-            callback(device_id, doc.get("broker_hash", ""))
+        if self.broker_accounts is not None and doc.get("broker_hash"):
+            self.broker_accounts.add_user(device_id, doc["broker_hash"])
         return key
 
     async def broker_users(self) -> dict[str, str]:
@@ -392,3 +387,23 @@ class IdentityService:
 
     def credential_tenant(self, device_id: str) -> str | None:
         return self.device_tenants.get(device_id)
+
+    def measures(self) -> Iterator[Measure]:
+        """Logins refused, and every authentication refusal by code (tokens, device keys);
+        the HTTP layer adds its own refusals under the same name."""
+        yield Measure(
+            "fieldlink_auth_logins_failed",
+            "Password logins refused",
+            "counter",
+            self.counters.login_failures,
+        )
+        refused = {code: float(n) for code, n in self.counters.token_failures.items()}
+        if self.counters.device_auth_failures:
+            refused["invalid_device_key"] = float(self.counters.device_auth_failures)
+        yield Measure(AUTH_REFUSED[0], AUTH_REFUSED[1], "counter", label="code", values=refused)
+
+
+AUTH_REFUSED = (
+    "fieldlink_auth_refused",
+    "Requests and handshakes refused by authentication or limits, by code",
+)

@@ -1,31 +1,44 @@
-"""Read models over registry, cache, status and store: what REST and snapshots show."""
+"""Read models over the registry, the status table and the latest-state cache: what REST
+answers and what a client gets as a channel's snapshot. Reads only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from fieldlink.core import channels
 from fieldlink.core.model import Device
-from fieldlink.services.ingest import Ingestor
+from fieldlink.ports import Cache
+from fieldlink.services.presence import Presence
+from fieldlink.services.registry import DeviceRegistry
 
 
 class DeviceViews:
-    def __init__(self, ingestor: Ingestor) -> None:
-        self.ingestor = ingestor
+    def __init__(
+        self,
+        *,
+        registry: DeviceRegistry,
+        presence: Presence,
+        cache: Cache,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self.registry = registry
+        self.presence = presence
+        self.cache = cache
+        self.clock_ms = clock_ms
 
     def summary(self, device: Device) -> dict[str, Any]:
-        ing = self.ingestor
-        now_ms = ing.clock_ms()
-        latest = ing.cache.get_latest(device.id, now_ms)
+        presence = self.presence
+        latest = self.cache.get_latest(device.id, self.clock_ms())
         return {
             "device_id": device.id,
             "kind": device.kind,
             "meta": device.meta,
-            "status": ing.status.status(device.id),
-            "status_since": ing.status.since_ms(device.id),
-            "last_seen": ing.status.last_seen_ms(device.id) or device.last_seen_ms,
+            "status": str(presence.status(device.id)),
+            "status_since": presence.since_ms(device.id),
+            "last_seen": presence.last_seen_ms(device.id) or device.last_seen_ms,
             "created": device.created_ms,
             "tenant": device.tenant_id,
             "latest": latest.to_event_data() if latest else None,
@@ -33,11 +46,11 @@ class DeviceViews:
 
     def list(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
         """Every device, or one tenant's."""
-        devices = sorted(self.ingestor.devices.values(), key=lambda d: d.id)
+        devices = sorted(self.registry, key=lambda d: d.id)
         return [self.summary(d) for d in devices if tenant_id in (None, d.tenant_id)]
 
     def get(self, device_id: str) -> dict[str, Any] | None:
-        device = self.ingestor.devices.get(device_id)
+        device = self.registry.get(device_id)
         return self.summary(device) if device else None
 
     def snapshot(self, channel: str) -> bytes:

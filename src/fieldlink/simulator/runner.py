@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldlink.mqtt.listener import parse_mqtt_url
+from fieldlink.mqtt.connection import parse_mqtt_url
 from fieldlink.simulator.model import NodeModel, device_id
 
 log = logging.getLogger("fieldlink.simulator")

@@ -1,0 +1,35 @@
+"""Everything the REST routers need, handed over by the wiring (never the runtime itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from fieldlink.api.auth import HttpAuth
+from fieldlink.core.codec import Limits
+from fieldlink.ports import Cache, SessionCloser, Store
+from fieldlink.services.commands import CommandService
+from fieldlink.services.health import Health
+from fieldlink.services.identity import IdentityService
+from fieldlink.services.ingest import Ingestor
+from fieldlink.services.registry import DeviceRegistry
+from fieldlink.services.views import DeviceViews
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    auth: HttpAuth
+    ingestor: Ingestor
+    views: DeviceViews
+    registry: DeviceRegistry
+    store: Store
+    cache: Cache
+    commands: CommandService
+    identity: IdentityService
+    sessions: SessionCloser
+    health: Health
+    metrics: CollectorRegistry
+    limits: Limits
+    clock_ms: Callable[[], int]

@@ -1,0 +1,197 @@
+"""Every event the hub emits, as immutable typed values (STYLE.md §7).
+
+Services publish these to the Bus; gateways render them (each client protocol its own way,
+once per channel); other instances receive them whole through the bus (``encode_for_bus`` /
+``decode_from_bus``), so no receiver ever re-parses a client-facing body to learn what
+happened. Each event knows its ``channels`` (from the channel catalogue), the ``key`` a
+lagging client conflates on, and its one native serializer ``data()`` (the body of a ``/ws``
+event, docs/protocol.md).
+
+Adding an event: a new ``Struct`` with a ``tag``, its ``channels``/``key``/``data``, and an entry
+in ``DomainEvent``. Renderers skip types they do not carry.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import msgspec
+
+from fieldlink.core import channels
+from fieldlink.core.commands import Command
+from fieldlink.core.model import Record
+
+
+class EventType(StrEnum):
+    TELEMETRY = "telemetry"
+    STATUS = "status"
+    DEVICE = "device"
+    COMMAND = "command"
+    ALERT = "alert"
+    AGGREGATE = "aggregate"
+    DISPATCH = "dispatch"
+
+
+class DeviceStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+
+
+class StatusReason(StrEnum):
+    """Why a device's status changed."""
+
+    REPORTED = "reported"  # its own status message (or its last will)
+    TELEMETRY = "telemetry"  # it sent telemetry, so it is online
+    SILENCE = "silence"  # nothing heard for longer than the silence timeout
+
+
+class DeviceAction(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="event"):
+    """Common shape. ``local_only``: derived identically on every instance (silence-based
+    status, catch-up after a bus outage), so never sent to other instances."""
+
+    type: ClassVar[EventType]
+    final: ClassVar[bool] = False  # the last event of a private channel
+
+
+class TelemetryAccepted(_Event, frozen=True, tag="telemetry"):
+    """A record passed validation and dedupe (it is being stored)."""
+
+    type: ClassVar[EventType] = EventType.TELEMETRY
+    record: Record
+    local_only: bool = False
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        record = self.record
+        return channels.for_device_event(record.device_id, record.tenant_id)
+
+    @property
+    def key(self) -> str:
+        return self.record.device_id
+
+    def data(self) -> dict[str, Any]:
+        return self.record.to_event_data()
+
+
+class StatusChanged(_Event, frozen=True, tag="status"):
+    device_id: str
+    tenant_id: str
+    status: DeviceStatus
+    ts_ms: int
+    reason: StatusReason
+    local_only: bool = False
+
+    type: ClassVar[EventType] = EventType.STATUS
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return channels.for_device_event(self.device_id, self.tenant_id)
+
+    @property
+    def key(self) -> str:
+        return self.device_id
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "status": str(self.status),
+            "ts": self.ts_ms,
+            "reason": str(self.reason),
+        }
+
+
+class DeviceChanged(_Event, frozen=True, tag="device"):
+    """A device was registered, changed or removed. ``meta`` is the device's whole metadata
+    after the change."""
+
+    device_id: str
+    tenant_id: str
+    action: DeviceAction
+    kind: str
+    meta: dict[str, Any]
+    created_ms: int
+    local_only: bool = False
+
+    type: ClassVar[EventType] = EventType.DEVICE
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return channels.for_device_event(self.device_id, self.tenant_id)
+
+    @property
+    def key(self) -> str:
+        return self.device_id
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "action": str(self.action),
+            "kind": self.kind,
+            "meta": self.meta,
+            "tenant": self.tenant_id,
+        }
+
+
+class CommandMoved(_Event, frozen=True, tag="command"):
+    """A command reached a new state (one event per winning transition)."""
+
+    command: Command
+    tenant_id: str
+    local_only: bool = False
+
+    type: ClassVar[EventType] = EventType.COMMAND
+
+    @property
+    def final(self) -> bool:  # type: ignore[override]
+        return self.command.terminal
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        command = self.command
+        return channels.for_command_event(command.id, command.device_id, self.tenant_id)
+
+    @property
+    def key(self) -> str:
+        return self.command.id
+
+    def data(self) -> dict[str, Any]:
+        command = self.command
+        body: dict[str, Any] = {
+            "id": command.id,
+            "device_id": command.device_id,
+            "action": command.action,
+            "status": str(command.status),
+            "ts": command.stages.get(str(command.status), command.created_ms),
+        }
+        for key in ("reason", "error", "result"):
+            value = getattr(command, key)
+            if value is not None:
+                body[key] = value
+        return body
+
+
+DomainEvent = TelemetryAccepted | StatusChanged | DeviceChanged | CommandMoved
+"""Every event type; the bus carries exactly these."""
+
+_bus_encoder = msgspec.json.Encoder()
+_bus_decoder = msgspec.json.Decoder(DomainEvent)
+
+
+def encode_for_bus(event: DomainEvent) -> bytes:
+    """The whole event (every field a receiver needs), tagged with its type."""
+    return _bus_encoder.encode(event)
+
+
+def decode_from_bus(data: bytes) -> DomainEvent:
+    """The inverse of ``encode_for_bus``; raises ``msgspec.ValidationError`` /
+    ``msgspec.DecodeError`` for anything else."""
+    event: DomainEvent = _bus_decoder.decode(data)
+    return event
