@@ -327,7 +327,7 @@ def migrate(
     ),
 ) -> None:
     """Apply the missing numbered migrations to a PostgreSQL database (also done at start-up)."""
-    from fieldlink.backends.postgres import migrate as run_migrations
+    from fieldlink.app.wiring import migrate_database as run_migrations
 
     _logging("info")
     applied = asyncio.run(run_migrations(database_url))

@@ -1,4 +1,5 @@
-"""Hub settings: one dataclass, filled by the CLI (and later env vars / TOML)."""
+"""Hub settings: one dataclass, filled by the CLI from flags, FIELDLINK_* variables and the
+--config TOML file (cli.py), read by the wiring."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class Settings:
     log_level: str = "info"
     command_timeout_s: float = 10.0  # default answer deadline of a command
     command_sweep_s: float = 0.1  # how often deadlines are enforced
-    stop_timeout_s: float = 10.0
+    stop_timeout_s: float = 10.0  # how long shutdown waits for pending writes
     # ---- security (docs/security.md) ----
     allowed_origins: tuple[str, ...] = ()  # besides the hub's own http://HOST:PORT
     anonymous_devices: bool = True  # devices without credentials, from loopback only
@@ -51,7 +52,7 @@ class Settings:
     jwt_algorithm: str = "HS256"
     jwt_secret: str | None = None  # None: <data_dir>/jwt.secret (created on first start)
     jwt_private_key_file: Path | None = None  # RS256 / ES256
-    jwt_public_key_file: Path | None = None  # how long shutdown waits for pending writes
+    jwt_public_key_file: Path | None = None
 
     def mqtt_credentials(self) -> tuple[str, str] | None:
         """User and password from ``mqtt://user:pass@host:port`` (an external broker)."""

@@ -90,6 +90,13 @@ def store_from_url(url: str) -> Store:
     )
 
 
+async def migrate_database(url: str) -> list[str]:
+    """Apply the missing numbered migrations to a PostgreSQL database; the names applied."""
+    from fieldlink.backends.postgres import migrate
+
+    return await migrate(url)
+
+
 def bus_and_cache_from_url(url: str | None, cache_ttl_s: float) -> tuple[Bus, Cache]:
     """In-process (one instance) without a URL; Redis with ``redis://``."""
     if url is None:

@@ -1,7 +1,7 @@
 """The channel catalogue: every live channel name is built and parsed here, nowhere else.
 
 A channel name typed twice is how pattern-mismatch bugs happen in hand-built hubs, so the
-gateway, the services and (later) the Redis bus all import these helpers.
+gateway, the services and the domain events all import these helpers.
 """
 
 from __future__ import annotations

@@ -81,15 +81,11 @@ class TelemetryAccepted(_Event, frozen=True, tag="telemetry"):
         return self.record.to_event_data()
 
 
-class StatusChanged(_Event, frozen=True, tag="status"):
+class _DeviceEvent(_Event, frozen=True):
+    """An event about one device: on its channels, conflated per device."""
+
     device_id: str
     tenant_id: str
-    status: DeviceStatus
-    ts_ms: int
-    reason: StatusReason
-    local_only: bool = False
-
-    type: ClassVar[EventType] = EventType.STATUS
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -98,6 +94,14 @@ class StatusChanged(_Event, frozen=True, tag="status"):
     @property
     def key(self) -> str:
         return self.device_id
+
+
+class StatusChanged(_DeviceEvent, frozen=True, tag="status"):
+    type: ClassVar[EventType] = EventType.STATUS
+    status: DeviceStatus
+    ts_ms: int
+    reason: StatusReason
+    local_only: bool = False
 
     def data(self) -> dict[str, Any]:
         return {
@@ -108,27 +112,16 @@ class StatusChanged(_Event, frozen=True, tag="status"):
         }
 
 
-class DeviceChanged(_Event, frozen=True, tag="device"):
+class DeviceChanged(_DeviceEvent, frozen=True, tag="device"):
     """A device was registered, changed or removed. ``meta`` is the device's whole metadata
     after the change."""
 
-    device_id: str
-    tenant_id: str
+    type: ClassVar[EventType] = EventType.DEVICE
     action: DeviceAction
     kind: str
     meta: dict[str, Any]
     created_ms: int
     local_only: bool = False
-
-    type: ClassVar[EventType] = EventType.DEVICE
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        return channels.for_device_event(self.device_id, self.tenant_id)
-
-    @property
-    def key(self) -> str:
-        return self.device_id
 
     def data(self) -> dict[str, Any]:
         return {
@@ -143,11 +136,10 @@ class DeviceChanged(_Event, frozen=True, tag="device"):
 class CommandMoved(_Event, frozen=True, tag="command"):
     """A command reached a new state (one event per winning transition)."""
 
+    type: ClassVar[EventType] = EventType.COMMAND
     command: Command
     tenant_id: str
     local_only: bool = False
-
-    type: ClassVar[EventType] = EventType.COMMAND
 
     @property
     def final(self) -> bool:  # type: ignore[override]

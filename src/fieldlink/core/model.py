@@ -1,4 +1,4 @@
-"""Domain values shared by every layer: device ids, telemetry records, device status.
+"""Domain values shared by every layer: device ids, telemetry records, devices.
 
 Values only. Timestamps are integer milliseconds since the Unix epoch (``ts_ms``).
 """
@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 """SPEC §3: 1-128 characters of letters, digits and ``._:-``."""
-
-Status = Literal["online", "offline", "unknown"]
-
 
 _VALID_IDS: set[str] = set()
 _VALID_IDS_MAX = 1_000_000  # a memo of DEVICE_ID_RE results: a fleet repeats its ids

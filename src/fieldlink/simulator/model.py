@@ -27,7 +27,7 @@ class Battery:
     battery_kwh: float
     soc: float  # percent, 0..100
     mode: Mode = "idle"
-    setpoint_kw: float = 0.0  # magnitude; commands (a later issue) will set mode and setpoint
+    setpoint_kw: float = 0.0  # magnitude; set with the mode by charge/discharge/setpoint commands
     power_kw: float = 0.0
 
     @property
