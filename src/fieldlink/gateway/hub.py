@@ -176,7 +176,11 @@ class Hub:
     def publish(self, event: DomainEvent) -> None:
         """Bus handler: sequence the event on each of its channels and queue it for members."""
         self.stats.events_published += 1
-        bodies: dict[Renderer, bytes | None] = {}
+        # Each renderer encodes the event once, whatever the number of channels: usually one
+        # renderer is present, so it is kept in locals; a dict only for more.
+        first: Renderer | None = None
+        first_body: bytes | None = None
+        bodies: dict[Renderer, bytes | None] | None = None
         final = event.final
         event_type = event.type
         for name in event.channels:
@@ -192,10 +196,18 @@ class Hub:
                 if not audience.members:
                     continue
                 renderer = audience.renderer
-                if renderer in bodies:
-                    body = bodies[renderer]
+                if renderer is first:
+                    body = first_body
+                elif first is None:
+                    first, body = renderer, renderer.body(event)
+                    first_body = body
                 else:
-                    body = bodies[renderer] = renderer.body(event)
+                    if bodies is None:
+                        bodies = {}
+                    if renderer in bodies:
+                        body = bodies[renderer]
+                    else:
+                        body = bodies[renderer] = renderer.body(event)
                 if body is None:
                     continue
                 if not audience.pending:

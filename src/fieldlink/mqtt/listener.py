@@ -36,6 +36,12 @@ SESSION_EXPIRY_S = 24 * 3600
 RECEIVE_MAXIMUM = 10_000
 UNKNOWN_TOPIC = "unknown_topic"
 INVALID_TOPIC = "invalid_topic"
+_TELEMETRY, _ROUTE, _STATUS, _ACK = (
+    TopicKind.TELEMETRY,
+    TopicKind.ROUTE,
+    TopicKind.STATUS,
+    TopicKind.ACK,
+)
 
 
 class MqttListener:
@@ -133,11 +139,11 @@ class MqttListener:
             self.telemetry.refuse(UNKNOWN_TOPIC)
             return None
         kind = match.kind
-        if kind is TopicKind.TELEMETRY or kind is TopicKind.ROUTE:
+        if kind is _TELEMETRY or kind is _ROUTE:
             return self.telemetry.ingest_mqtt(match, topic, payload)
-        if kind is TopicKind.STATUS:
+        if kind is _STATUS:
             self.status.status_message(match.device_id or "", payload)
-        elif kind is TopicKind.ACK:
+        elif kind is _ACK:
             return self.acks.handle_ack(match.device_id or "", payload)
         return None
 

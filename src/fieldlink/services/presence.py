@@ -81,7 +81,9 @@ class Presence:
 
     def activity(self, device_id: str, now_ms: int) -> None:
         """The device sent telemetry (it is online)."""
-        self._publish(self.book.activity(device_id, now_ms))
+        change = self.book.activity(device_id, now_ms)
+        if change is not None:  # (checked here: this runs for every record)
+            self._publish(change)
 
     def sweep(self) -> int:
         """Mark silent devices offline and publish each change. Returns how many changed."""

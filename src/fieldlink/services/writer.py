@@ -105,8 +105,13 @@ class StoreWriter:
     def enqueue(self, record: Record) -> asyncio.Future[WriteResult]:
         """Add an MQTT record to this loop tick's batch; the returned future (shared by the
         batch) resolves when the batch is committed, or fails if the buffer cannot take it."""
-        refused = self._refuse_if_full([record])
-        if refused is not None:
+        counters = self.counters
+        if counters.pending < self.max_pending_records:  # the common case, inline: per record
+            counters.pending += 1
+            self._settled.clear()
+        else:
+            refused = self._refuse_if_full([record])
+            assert refused is not None
             return refused
         if self._batch_future is None:
             loop = asyncio.get_running_loop()
