@@ -119,6 +119,10 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         mqtt_device_rate_per_s=float(p["mqtt_device_rate"]),  # type: ignore[arg-type]
         ws_max_connections=int(p["ws_max_connections"]),  # type: ignore[call-overload]
         ws_messages_per_s=float(p["ws_messages_per_s"]),  # type: ignore[arg-type]
+        socketio_paths=tuple(
+            "/" + str(path).strip("/") + "/"
+            for path in (p["socketio_path"] or ())  # type: ignore[attr-defined]
+        ),
         jwt_secret=p["jwt_secret"],  # type: ignore[arg-type]
         jwt_algorithm=str(p["jwt_algorithm"]),
         jwt_private_key_file=path(p["jwt_private_key"]),
@@ -201,6 +205,11 @@ def up(
     ws_max_connections: int = _opt(10_000, "WebSocket connections in all", "WS_MAX_CONNECTIONS"),
     ws_messages_per_s: float = _opt(
         50.0, "client messages per second per WebSocket", "WS_MESSAGES_PER_S"
+    ),
+    socketio_path: list[str] = _opt(
+        ["/socket.io/"],
+        "path of the Socket.IO endpoint (repeatable, e.g. /ws/events)",
+        "SOCKETIO_PATH",
     ),
     jwt_secret: str | None = _opt(
         None,

@@ -290,6 +290,16 @@ class Commands(Protocol):
     async def send(self, command: Command) -> Command:
         """Its first event, then sent (or failed, rejected, queued); as it stands."""
 
+    async def wait(self, command: Command, extra_s: float = 1.0) -> Command:
+        """The command once terminal, or as it stands ``extra_s`` after its deadline."""
+
+
+class LatestReadings(Protocol):
+    """Each device's current reading (the latest-state cache, through the views)."""
+
+    def latest(self, device_id: str) -> Record | None:
+        """The newest record within the cache TTL, else None."""
+
 
 class Probe(Protocol):
     """Something ``/health`` asks (the store writer, the MQTT listener, the bus)."""

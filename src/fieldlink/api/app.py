@@ -8,6 +8,7 @@ import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -57,4 +58,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
     callers = Callers(ctx.auth)
     for area in (ops, ingest, devices, commands, fleet, accounts):
         app.include_router(area.router(ctx, callers))
+    for path, asgi in ctx.mounts:
+        app.mount(path.rstrip("/"), asgi)
+    # Browsers on other origins (a frontend served elsewhere) may call REST and Socket.IO
+    # polling when the origin is allowed: the same allow-list as WebSocket handshakes.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=sorted(ctx.auth.origins.exact),
+        allow_origin_regex=ctx.auth.origins.regex(),
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
     return app

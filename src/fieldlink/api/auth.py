@@ -19,6 +19,7 @@ from websockets.http11 import Request as WsRequest
 from fieldlink.core.access import DEFAULT_TENANT, Principal
 from fieldlink.core.errors import FieldlinkError, Forbidden, RateLimited, Unauthorized
 from fieldlink.core.measures import Measure
+from fieldlink.core.origins import OriginPolicy
 from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.services.identity import AUTH_REFUSED, IdentityService
 
@@ -58,7 +59,9 @@ class HttpAuth:
         anonymous_devices: bool,
     ) -> None:
         self.identity = identity
-        self.allowed_origins = set(allowed_origins) | {f"http://{h}:{own_port}" for h in own_hosts}
+        self.origins = OriginPolicy(
+            [*allowed_origins, *(f"http://{h}:{own_port}" for h in own_hosts)]
+        )
         self.device_limiter = device_limiter
         self.anonymous_devices = anonymous_devices
         self.refused: dict[str, int] = {}
@@ -68,9 +71,23 @@ class HttpAuth:
         return exc
 
     def check_origin(self, origin: str | None) -> None:
-        """Browsers always send Origin; it must match the allow-list exactly."""
-        if origin is not None and origin not in self.allowed_origins:
+        """Browsers always send Origin; it must be allowed (exactly, or by a pattern)."""
+        if origin is not None and not self.origins.allows(origin):
             raise self._refuse(Forbidden("this origin is not allowed", code="origin_not_allowed"))
+
+    def handshake_principal(self, headers: dict[str, str], client_host: str) -> Principal | None:
+        """The principal of a Socket.IO handshake request (lower-cased headers): its bearer
+        token or session cookie; None if it has neither (the CONNECT may carry a token)."""
+        token = bearer(headers.get("authorization"))
+        if token is not None:
+            return self.identity.authenticate(token, ("access", "service"))
+        cookie_header = headers.get("cookie")
+        if cookie_header:
+            jar: SimpleCookie = SimpleCookie()
+            jar.load(cookie_header)
+            if SESSION_COOKIE in jar:
+                return self.identity.authenticate(jar[SESSION_COOKIE].value, ("session",))
+        return None
 
     # ---- REST ---------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -33,3 +34,4 @@ class ApiContext:
     metrics: CollectorRegistry
     limits: Limits
     clock_ms: Callable[[], int]
+    mounts: tuple[tuple[str, Any], ...] = ()  # (path, ASGI app): the Socket.IO polling endpoints

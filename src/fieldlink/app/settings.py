@@ -30,6 +30,9 @@ class Settings:
     ws_max_pending_bytes: int = 1024 * 1024
     ws_slow_timeout_s: float = 10.0
     ws_ping_interval_s: float = 20.0
+    socketio_paths: tuple[str, ...] = ("/socket.io/",)  # each with leading and trailing slash
+    socketio_ping_interval_s: float = 25.0
+    socketio_ping_timeout_s: float = 20.0
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     simulate: int = 0
     simulate_interval_s: float = 5.0

@@ -34,8 +34,11 @@ from fieldlink.core.dedupe import DedupeWindow
 from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
+from fieldlink.gateway.engineio import EngineServer, EngineSettings, EngineStats
 from fieldlink.gateway.hub import Hub
 from fieldlink.gateway.native import NativeSession
+from fieldlink.gateway.socketio import SocketIOServer, SocketIOStats
+from fieldlink.gateway.socketio_app import FieldlinkNamespace
 from fieldlink.gateway.ws import (
     GatewayConnection,
     GatewaySettings,
@@ -164,6 +167,8 @@ class Runtime:
     listener: MqttListener
     hub: Hub
     native: NativeSession
+    socketio: FieldlinkNamespace
+    engines: dict[str, EngineServer]
     auth: HttpAuth
     handshake_stats: HandshakeStats
     health: Health
@@ -201,6 +206,9 @@ class Runtime:
         self._tasks.clear()
         await self.commands.close()
         await self.native.close()
+        await self.socketio.close()
+        for engine in self.engines.values():
+            engine.close_all()
         await self.listener.stop()
         await self.publisher.stop()
         self.hub.flush()
@@ -333,6 +341,33 @@ def build(settings: Settings) -> Runtime:
         anonymous_devices=s.anonymous_devices,
     )
     handshake_stats = HandshakeStats()
+    socketio = FieldlinkNamespace(
+        hub=hub,
+        devices=registry,
+        latest=views,
+        commands=commands,
+        authenticator=identity,
+        max_per_subject=s.ws_max_per_user,
+    )
+    engine_stats, socketio_stats = EngineStats(), SocketIOStats()
+    engines = {
+        path: EngineServer(
+            settings=EngineSettings(
+                path=path,
+                ping_interval_ms=int(s.socketio_ping_interval_s * 1000),
+                ping_timeout_ms=int(s.socketio_ping_timeout_s * 1000),
+                high_water_bytes=s.ws_max_pending_bytes,
+                max_buffered_bytes=4 * s.ws_max_pending_bytes,
+            ),
+            app=SocketIOServer({"/": socketio}, stats=socketio_stats),
+            check_origin=auth.check_origin,
+            authenticate=auth.handshake_principal,
+            hub_pause=hub.pause,
+            hub_resume=hub.resume,
+            stats=engine_stats,
+        )
+        for path in s.socketio_paths
+    }
     gateway_settings = GatewaySettings(
         path=s.ws_path,
         max_message_bytes=s.limits.max_payload_bytes,
@@ -356,6 +391,8 @@ def build(settings: Settings) -> Runtime:
             handshake_stats,
             identity,
             auth,
+            engine_stats,
+            socketio_stats,
         ]
     )
     api = ApiContext(
@@ -372,6 +409,7 @@ def build(settings: Settings) -> Runtime:
         metrics=metrics,
         limits=s.limits,
         clock_ms=clock,
+        mounts=tuple(engines.items()),
     )
     return Runtime(
         settings=s,
@@ -392,10 +430,12 @@ def build(settings: Settings) -> Runtime:
         listener=listener,
         hub=hub,
         native=native,
+        socketio=socketio,
+        engines=engines,
         auth=auth,
         handshake_stats=handshake_stats,
         health=health,
         api=api,
         gateway_settings=gateway_settings,
-        ws_protocol=websocket_protocol_factory(hub, native, gateway_settings),
+        ws_protocol=websocket_protocol_factory(hub, native, gateway_settings, dict(engines)),
     )

@@ -15,6 +15,12 @@ Flushes run on the next loop tick when the hub is idle. When a flush was expensi
 members), the next one waits as long as the last one took, so fan-out uses at most about half
 of the loop and events batch up instead of queueing behind syscalls.
 
+Display throttle. A member may join a channel with ``throttle_ms`` (a dashboard that cannot
+draw faster than a few updates a second). Its audience then holds events back and releases
+them at most once per interval: telemetry keeps only the latest per device (a fast device
+reaches it at most once per interval, and the last value it sees is the device's last value);
+other events are held in order, never dropped. Sequence numbers show the gaps.
+
 Slow clients. When a member's transport buffer passes ``max_pending_bytes`` the transport
 pauses it; while paused it is not written to, and its events are conflated: it keeps only the
 latest event per (channel, type, key), so its backlog is bounded by the number of devices,
@@ -38,7 +44,7 @@ from typing import Protocol
 from fieldlink.core import channels
 from fieldlink.core.access import Principal
 from fieldlink.core.closecodes import CloseCode
-from fieldlink.core.events import DomainEvent
+from fieldlink.core.events import DomainEvent, EventType
 from fieldlink.core.measures import Measure, counter, gauge, labelled, measures_of
 
 ConflationKey = tuple[str, str, str]  # (channel, event type, key)
@@ -64,7 +70,7 @@ class Member(Protocol):
     client_id: str
     renderer: Renderer
     principal: Principal | None
-    subscriptions: set[str]
+    subscriptions: dict[str, Audience]  # channel name -> the audience it joined
     out: list[bytes]
     closing: bool
     paused_since: float | None
@@ -80,15 +86,20 @@ class Member(Protocol):
 
 
 class Audience:
-    """The members of one channel that speak one renderer, and their pending payloads."""
+    """The members of one channel that speak one renderer (at one display throttle), and
+    their pending payloads. A throttled audience holds payloads in ``held`` until its timer
+    releases them into ``pending``."""
 
-    __slots__ = ("keys", "members", "pending", "renderer")
+    __slots__ = ("held", "keys", "members", "pending", "renderer", "throttle_s", "timer")
 
-    def __init__(self, renderer: Renderer) -> None:
+    def __init__(self, renderer: Renderer, throttle_s: float = 0.0) -> None:
         self.renderer = renderer
+        self.throttle_s = throttle_s
         self.members: set[Member] = set()
         self.pending: list[bytes] = []
         self.keys: list[ConflationKey] = []
+        self.held: dict[ConflationKey, bytes] = {}
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Channel:
@@ -99,11 +110,11 @@ class Channel:
         self.seq = 0
         self.audiences: list[Audience] = []
 
-    def audience(self, renderer: Renderer) -> Audience:
+    def audience(self, renderer: Renderer, throttle_s: float = 0.0) -> Audience:
         for audience in self.audiences:
-            if audience.renderer is renderer:
+            if audience.renderer is renderer and audience.throttle_s == throttle_s:
                 return audience
-        audience = Audience(renderer)
+        audience = Audience(renderer, throttle_s)
         self.audiences.append(audience)
         return audience
 
@@ -124,6 +135,9 @@ class HubStats:
     )
     conflated: int = counter(
         "fieldlink_ws_conflated", "Events replaced by a newer one for a lagging client"
+    )
+    throttled: int = counter(
+        "fieldlink_ws_throttled", "Telemetry replaced by a newer one under a display throttle"
     )
     client_errors: int = counter(
         "fieldlink_ws_client_errors", "Client messages answered with an error"
@@ -210,11 +224,45 @@ class Hub:
                         body = bodies[renderer] = renderer.body(event)
                 if body is None:
                     continue
+                payload = renderer.payload(event, name, channel.seq, body)
+                if audience.throttle_s:
+                    self._hold(audience, event, name, channel.seq, payload)
+                    continue
                 if not audience.pending:
                     self._dirty.append(audience)
-                audience.pending.append(renderer.payload(event, name, channel.seq, body))
+                audience.pending.append(payload)
                 audience.keys.append((name, event_type, event.key or str(channel.seq)))
         if self._dirty and not self._scheduled:
+            self._schedule()
+
+    def _hold(
+        self, audience: Audience, event: DomainEvent, name: str, seq: int, payload: bytes
+    ) -> None:
+        """A throttled audience: telemetry conflates per device, other events wait in order."""
+        held = audience.held
+        if event.type is EventType.TELEMETRY:
+            key: ConflationKey = (name, event.type, event.key)
+            if held.pop(key, None) is not None:
+                self.stats.throttled += 1
+        else:
+            key = (name, event.type, f"{event.key}#{seq}")
+        held[key] = payload  # (re)inserted last: release order is arrival order
+        if audience.timer is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            audience.timer = loop.call_later(audience.throttle_s, self._release, audience)
+
+    def _release(self, audience: Audience) -> None:
+        audience.timer = None
+        if not audience.held or not audience.members:
+            audience.held.clear()
+            return
+        if not audience.pending:
+            self._dirty.append(audience)
+        audience.pending.extend(audience.held.values())
+        audience.keys.extend(audience.held.keys())
+        audience.held.clear()
+        if not self._scheduled:
             self._schedule()
 
     def _schedule(self) -> None:
@@ -323,10 +371,8 @@ class Hub:
 
     def remove(self, member: Member) -> None:
         """Forget a member (its connection is gone). Idempotent."""
-        for name in member.subscriptions:
-            channel = self.channels.get(name)
-            if channel is not None:
-                channel.audience(member.renderer).members.discard(member)
+        for audience in member.subscriptions.values():
+            audience.members.discard(member)
         member.subscriptions.clear()
         member.backlog.clear()
         self.paused.discard(member)
@@ -348,24 +394,26 @@ class Hub:
         """Open connections authenticated as ``subject`` (per-user cap)."""
         return sum(1 for m in self.members if m.principal and m.principal.subject == subject)
 
-    def join(self, member: Member, name: str) -> int:
-        """Join a channel; returns its sequence number now. Pending events are flushed first,
-        so the member receives exactly the events published after this call, each once, in
-        order: a snapshot the caller sends right away is consistent with that number."""
+    def join(self, member: Member, name: str, throttle_ms: int = 0) -> int:
+        """Join a channel (again: with new options); returns its sequence number now. Pending
+        events are flushed first, so the member receives exactly the events published after
+        this call, each once, in order: a snapshot the caller sends right away is consistent
+        with that number. ``throttle_ms``: the display throttle (see the module doc)."""
         if self._dirty:
             self.flush()
         channel = self.channels.get(name)
         if channel is None:
             channel = self.channels[name] = Channel(name)
-        channel.audience(member.renderer).members.add(member)
-        member.subscriptions.add(name)
+        self.leave(member, name)
+        audience = channel.audience(member.renderer, throttle_ms / 1000)
+        audience.members.add(member)
+        member.subscriptions[name] = audience
         return channel.seq
 
     def leave(self, member: Member, name: str) -> None:
-        channel = self.channels.get(name)
-        if channel is not None:
-            channel.audience(member.renderer).members.discard(member)
-        member.subscriptions.discard(name)
+        audience = member.subscriptions.pop(name, None)
+        if audience is not None:
+            audience.members.discard(member)
 
     def join_private(self, member: Member, name: str) -> None:
         """Add a member to a private channel (a command's requester). The channel is dropped
@@ -373,8 +421,25 @@ class Hub:
         channel = self.channels.get(name)
         if channel is None:
             channel = self.channels[name] = Channel(name)
-        channel.audience(member.renderer).members.add(member)
-        member.subscriptions.add(name)
+        audience = channel.audience(member.renderer)
+        audience.members.add(member)
+        member.subscriptions[name] = audience
+
+    def switch_renderer(self, member: Member, renderer: Renderer) -> None:
+        """Move a member to another renderer in every channel it is in (a Socket.IO client
+        that upgraded from polling to WebSocket). Pending events are flushed first, in the old
+        form; everything after arrives in the new."""
+        if self._dirty:
+            self.flush()
+        member.renderer = renderer
+        for name, old in list(member.subscriptions.items()):
+            old.members.discard(member)
+            channel = self.channels.get(name)
+            if channel is None:
+                continue
+            audience = channel.audience(renderer, old.throttle_s)
+            audience.members.add(member)
+            member.subscriptions[name] = audience
 
     def close_private(self, name: str) -> None:
         """The channel has had its last event: forget it once that is surely flushed."""
@@ -386,7 +451,7 @@ class Hub:
         if channel is not None:
             for audience in channel.audiences:
                 for member in audience.members:
-                    member.subscriptions.discard(name)
+                    member.subscriptions.pop(name, None)
 
     def channel_seq(self, name: str) -> int:
         channel = self.channels.get(name)

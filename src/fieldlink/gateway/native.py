@@ -156,7 +156,7 @@ class NativeSession:
         if not self._may_subscribe(member.principal, name):
             self.hub.stats.forbidden += 1
             raise ProtocolError("not allowed to subscribe to this channel", code="forbidden")
-        seq = self.hub.join(member, name)
+        seq = self.hub.join(member, name, message.get("throttle_ms", 0))
         member.send(protocol.subscribed(name, seq, self.snapshot(name), message))
 
     def _may_subscribe(self, principal: Principal | None, channel: str) -> bool:

@@ -34,7 +34,22 @@ def parse_client_message(payload: bytes) -> dict[str, Any]:
         )
     if kind in ("subscribe", "unsubscribe"):
         channels.parse(message.get("channel"))
+    if kind == "subscribe" and "throttle_ms" in message:
+        message["throttle_ms"] = throttle_ms(message["throttle_ms"])
     return message
+
+
+MAX_THROTTLE_MS = 60_000
+
+
+def throttle_ms(value: object) -> int:
+    """A display throttle in milliseconds: 0 (off) to 60,000; ``ProtocolError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THROTTLE_MS:
+        raise ProtocolError(
+            f"throttle_ms must be a whole number of milliseconds from 0 to {MAX_THROTTLE_MS}",
+            code="bad_message",
+        )
+    return value
 
 
 def _with_id(body: dict[str, Any], request: dict[str, Any] | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from fieldlink.core import channels
-from fieldlink.core.model import Device
+from fieldlink.core.model import Device, Record
 from fieldlink.ports import Cache
 from fieldlink.services.presence import Presence
 from fieldlink.services.registry import DeviceRegistry
@@ -48,6 +48,9 @@ class DeviceViews:
         """Every device, or one tenant's."""
         devices = sorted(self.registry, key=lambda d: d.id)
         return [self.summary(d) for d in devices if tenant_id in (None, d.tenant_id)]
+
+    def latest(self, device_id: str) -> Record | None:
+        return self.cache.get_latest(device_id, self.clock_ms())
 
     def get(self, device_id: str) -> dict[str, Any] | None:
         device = self.registry.get(device_id)
