@@ -1,7 +1,7 @@
 """fieldlink benchmark: real MQTT in, real WebSocket clients out, on this machine.
 
     python bench/run.py [a|b|c|selfcheck|fleet|commands|all] [--quick]
-                        [--backend sqlite|pg|pg2]
+                        [--backend sqlite|pg|pg2] [--protocol native|socketio]
 
 Starts its own mosquitto and `fieldlink serve` on free ports, a client fleet
 (bench/wsclients.py) and a load generator (bench/loadgen.py) as separate processes, and
@@ -161,11 +161,13 @@ class Stack:
 
 
 class Clients:
+    protocol = "native"  # or "socketio" (--protocol)
+
     def __init__(self, stack: Stack, n: int, subscribe: str, latency_clients: int = 50) -> None:
         self.n = n
         self.proc = subprocess.Popen(
             [PY, str(BENCH / "wsclients.py"), "--port", stack.ws_ports, "--token", stack.token,
-             "--clients", str(n),
+             "--clients", str(n), "--protocol", self.protocol,
              "--subscribe", subscribe, "--latency-clients", str(latency_clients)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -416,13 +418,17 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="short steps (smoke run)")
     p.add_argument("--backend", default="sqlite", choices=["sqlite", "pg", "pg2"],
                    help="sqlite: one instance; pg: PostgreSQL + Redis; pg2: two instances")
+    p.add_argument("--protocol", default="native", choices=["native", "socketio"],
+                   help="the clients' protocol: native /ws, or Socket.IO over WebSocket")
     a = p.parse_args()
     Stack.backend = a.backend
+    Clients.protocol = a.protocol
     runs = {"selfcheck": selfcheck, "a": scenario_a, "b": scenario_b, "c": scenario_c,
             "fleet": fleet_query, "commands": commands}
     chosen = [n for n in runs if n != "fleet"] if a.which == "all" else [a.which]
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "command": " ".join(sys.argv), "backend": a.backend,
+                               "protocol": a.protocol,
                                "results": []}
     print(json.dumps(results["machine"]))
     for name in chosen:

@@ -10,6 +10,13 @@ steal the hub's CPU on a 2-core machine.
 
     python bench/wsclients.py --port P --clients 1000 --subscribe all
     python bench/wsclients.py --port P --clients 1000 --subscribe per-device:100 --device-prefix dev
+    python bench/wsclients.py --port P --clients 1000 --subscribe all --protocol socketio
+
+With ``--protocol socketio`` each client is a Socket.IO v5 client over WebSocket (Engine.IO
+v4, ``/socket.io/?EIO=4&transport=websocket``, the token in the handshake's Authorization
+header): ``all`` stays in the platform vocabulary (its tenant's room, ``device:telemetry``
+events), ``per-device`` emits ``subscribe:device`` with an ack (``device:data`` events). It
+answers the server's Engine.IO pings.
 
 Prints READY once every client got its ``subscribed`` reply, then answers commands on stdin:
 ``stats`` prints one JSON line with counts and latency since the last ``stats`` and resets;
@@ -63,6 +70,12 @@ READY = 0
 AUTH_HEADER = ""  # "Authorization: Bearer ...\r\n" when --token is given
 PATTERN = b'"type":"telemetry"'
 PING = b"\x89\x00"
+SOCKETIO = False
+EIO_PING = b"\x81\x012"  # an unmasked text frame holding the Engine.IO ping packet "2"
+
+
+def text(payload: bytes) -> bytes:
+    return mask(payload)
 
 
 def mask(payload: bytes) -> bytes:
@@ -105,6 +118,8 @@ class Client(asyncio.Protocol):
             self.tail = chunk[-(len(PATTERN) - 1):]
             if PING in data:
                 self.transport.write(b"\x8a\x80" + os.urandom(4))
+            if SOCKETIO and EIO_PING in data:
+                self.transport.write(text(b"3"))
             if b"\x88" in data and data.find(b"\x88") == 0:
                 self.closed_code = -1
             return
@@ -116,7 +131,12 @@ class Client(asyncio.Protocol):
                 return
             del buf[: end + 4]
             self.stage = 1
-            self.transport.write(mask(orjson.dumps({"type": "subscribe", "channel": self.channel})))
+            if SOCKETIO:
+                self.transport.write(text(b"40"))
+            else:
+                self.transport.write(
+                    mask(orjson.dumps({"type": "subscribe", "channel": self.channel}))
+                )
         now_ns = time.time_ns()
         stats = STATS
         hist = stats.hist
@@ -139,7 +159,12 @@ class Client(asyncio.Protocol):
             if end > size:
                 break
             opcode = buf[pos] & 0x0F
-            if opcode == 0x1:
+            if opcode == 0x1 and SOCKETIO:
+                stats.frames += 1
+                if self._socketio(bytes(buf[pos + header : end]), now_ns):
+                    del buf[:end]
+                    return
+            elif opcode == 0x1:
                 stats.frames += 1
                 message = orjson.loads(memoryview(buf)[pos + header : end])
                 events = message if isinstance(message, list) else (message,)
@@ -169,6 +194,42 @@ class Client(asyncio.Protocol):
         if pos:
             del buf[:pos]
 
+    def _socketio(self, packet: bytes, now_ns: int) -> bool:
+        """One Engine.IO packet; True once the client is subscribed and only counts."""
+        global READY
+        stats = STATS
+        if packet == b"2":
+            self.transport.write(text(b"3"))
+        elif packet.startswith(b'42["device:'):
+            name, payload = orjson.loads(packet[2:])
+            if PATTERN_NAME in name:
+                self.count += 1
+                stats.events += 1
+                lat_us = (now_ns - payload["data"]["t"]) // 1000
+                if lat_us > stats.max_us:
+                    stats.max_us = lat_us
+                stats.hist[min(max(lat_us, 0) // BIN_US, BINS - 1)] += 1
+            else:
+                stats.other += 1
+        elif self.stage == 1 and (
+            packet.startswith(b'42["connected"') and self.channel == "all"
+            or packet.startswith(b"431[")
+        ):
+            self.stage = 2
+            READY += 1
+            if READY == self.n:
+                self.all_ready.set()
+            return not self.measure
+        elif self.stage == 1 and packet.startswith(b"40{") and self.channel != "all":
+            device = self.channel.split(":", 1)[1]
+            self.transport.write(text(b'421["subscribe:device",' + orjson.dumps(device) + b"]"))
+        else:
+            stats.other += 1
+        return False
+
+
+PATTERN_NAME = "telemetry"
+
 
 async def main() -> None:
     p = argparse.ArgumentParser()
@@ -179,12 +240,20 @@ async def main() -> None:
     p.add_argument("--subscribe", default="all", help="'all' or 'per-device:D'")
     p.add_argument("--device-prefix", default="dev")
     p.add_argument("--path", default="/ws")
+    p.add_argument("--protocol", default="native", choices=["native", "socketio"])
     p.add_argument("--latency-clients", type=int, default=50,
                    help="clients that parse every frame and measure latency")
     a = p.parse_args()
     ports = [int(x) for x in str(a.port).split(",")]
-    global AUTH_HEADER
+    global AUTH_HEADER, SOCKETIO, PATTERN, PATTERN_NAME
     AUTH_HEADER = f"Authorization: Bearer {a.token}\r\n" if a.token else ""
+    path = a.path
+    if a.protocol == "socketio":
+        SOCKETIO = True
+        path = "/socket.io/?EIO=4&transport=websocket"
+        PATTERN_NAME = "device:telemetry" if a.subscribe == "all" else "device:data"
+        PATTERN = b'42["' + PATTERN_NAME.encode() + b'"'
+
     loop = asyncio.get_running_loop()
     all_ready = asyncio.Event()
     clients: list[Client] = []
@@ -195,7 +264,7 @@ async def main() -> None:
             devices = int(a.subscribe.split(":")[1])
             channel = f"device:{a.device_prefix}-{i % devices:04d}"
         _, proto = await loop.create_connection(
-            lambda ch=channel, m=i < a.latency_clients: Client(a.path, ch, all_ready, a.clients, m),
+            lambda ch=channel, m=i < a.latency_clients: Client(path, ch, all_ready, a.clients, m),
             "127.0.0.1", ports[i % len(ports)])
         clients.append(proto)
     await asyncio.wait_for(all_ready.wait(), 60)

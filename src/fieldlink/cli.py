@@ -36,21 +36,35 @@ def _logging(level: str) -> None:
     configure(level)
 
 
-def _simulator(settings: Settings):  # type: ignore[no-untyped-def]
-    if not settings.simulate:
+def _extras(settings: Settings):  # type: ignore[no-untyped-def]
+    """What runs beside the hub: simulated devices (--simulate) and a demo (--demo)."""
+    if not settings.simulate and not settings.demo:
         return None
 
     async def run(runtime, http_port: int) -> None:  # type: ignore[no-untyped-def]
+        from fieldlink.app.demo import RUNNERS
         from fieldlink.simulator.runner import run_fleet
 
-        await run_fleet(
-            count=settings.simulate,
-            mqtt_url=runtime.mqtt_url,
-            http_url=f"http://{settings.http_host}:{http_port}",
-            interval_s=settings.simulate_interval_s,
-            seed=settings.simulate_seed,
-            prefix=settings.topic_prefix,
-        )
+        jobs = []
+        if settings.simulate:
+            jobs.append(
+                run_fleet(
+                    count=settings.simulate,
+                    mqtt_url=runtime.mqtt_url,
+                    http_url=f"http://{settings.http_host}:{http_port}",
+                    interval_s=settings.simulate_interval_s,
+                    seed=settings.simulate_seed,
+                    prefix=settings.topic_prefix,
+                )
+            )
+        if settings.demo:
+
+            def say(text: str) -> None:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+
+            jobs.append(RUNNERS[settings.demo](runtime, http_port, say))
+        await asyncio.gather(*jobs)
 
     return run
 
@@ -107,6 +121,7 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         mqtt_session_expiry_s=int(p["mqtt_session_expiry"]),  # type: ignore[call-overload]
         routes_file=path(p["routes"]),
         simulate=int(p.get("simulate", 0)),  # type: ignore[call-overload]
+        demo=p.get("demo"),  # type: ignore[arg-type]
         simulate_interval_s=float(p.get("interval", 5.0)),  # type: ignore[arg-type]
         simulate_seed=int(p.get("seed", 1)),  # type: ignore[call-overload]
         silence_timeout_s=float(p["silence_timeout"]),  # type: ignore[arg-type]
@@ -170,6 +185,9 @@ def up(
     ),
     routes: Path | None = _opt(None, "TOML file with custom ingest routes", "ROUTES"),
     simulate: int = _opt(0, "also run N simulated devices", "SIMULATE"),
+    demo: str | None = _opt(
+        None, "set up a demo system with its devices: tenants (multi-tenant platform)", "DEMO"
+    ),
     interval: float = _opt(5.0, "simulated devices report every INTERVAL seconds", "INTERVAL"),
     seed: int = _opt(1, "simulator seed", "SEED"),
     silence_timeout: float = _opt(
@@ -226,6 +244,11 @@ def up(
     from fieldlink.app.server import serve
 
     p = _from_config(ctx, dict(locals()))
+    from fieldlink.app.demo import DEMOS
+
+    if p["demo"] is not None and p["demo"] not in DEMOS:
+        typer.echo(f"error: --demo is one of {', '.join(DEMOS)}", err=True)
+        raise typer.Exit(2)
     if ctx.info_name == "serve" and not p["mqtt_url"]:
         typer.echo("error: serve needs --mqtt-url (or FIELDLINK_MQTT_URL / mqtt_url)", err=True)
         raise typer.Exit(2)
@@ -248,7 +271,7 @@ def up(
     if p["mqtt_url"] is None and p["mqtt_port"] == "auto" and mqtt != 1883:
         typer.echo(f"note: port 1883 is in use; the embedded broker uses port {mqtt}", err=True)
     settings = _settings(p, http, mqtt)
-    _run(serve(settings, _simulator(settings)))
+    _run(serve(settings, _extras(settings)))
 
 
 @app.command()

@@ -165,3 +165,31 @@ async def test_shutdown_closes_clients_with_going_away(make_hub) -> None:  # typ
         await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.GOING_AWAY
     await ws.close()
+
+
+async def test_display_throttle_caps_a_fast_device_and_ends_on_its_last_value(hub) -> None:  # type: ignore[no-untyped-def]
+    """A device at 50 records/s; a client subscribed with throttle_ms=200 gets at most 5 a
+    second and its last event is the device's last record; an unthrottled client (the
+    control) gets all of them."""
+    async with ws_client(hub.ws_url, additional_headers=hub.auth) as slow, ws_client(hub.ws_url, additional_headers=hub.auth) as full:
+        await slow.send({"type": "subscribe", "channel": "device:fast", "throttle_ms": 200})
+        assert (await slow.recv_until(lambda m: m["type"] == "subscribed"))["channel"] == "device:fast"
+        await full.subscribe("device:fast")
+        bad = await slow.subscribe_raw({"type": "subscribe", "channel": "device:fast", "throttle_ms": -1})
+        assert (bad["type"], bad["code"]) == ("error", "bad_message")
+        n, loop = 100, asyncio.get_running_loop()
+        async with paho_client(hub.mqtt_port) as mqtt:
+            started = loop.time()
+            for seq in range(1, n + 1):
+                mqtt.publish("edge/fast/telemetry", json.dumps({"seq": seq, "v": seq}), qos=0)
+                await asyncio.sleep(max(0.0, started + seq / 50 - loop.time()))  # pacing, 50/s
+            duration_s = loop.time() - started
+        got_full = [(await full.recv_until(lambda m: m["type"] == "telemetry"))["data"]["seq"]
+                    for _ in range(n)]
+        got_slow = []
+        while not got_slow or got_slow[-1] != n:
+            got_slow.append((await slow.recv_until(lambda m: m["type"] == "telemetry"))["data"]["seq"])
+    assert got_full == list(range(1, n + 1))
+    assert got_slow == sorted(got_slow) and len(set(got_slow)) == len(got_slow)
+    assert 3 <= len(got_slow) <= duration_s * 5 + 2, (len(got_slow), duration_s)
+    assert hub.runtime.hub.stats.throttled >= n - len(got_slow) - 5

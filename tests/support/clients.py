@@ -68,7 +68,11 @@ class WsClient:
                 return message
 
     async def subscribe(self, channel: str) -> dict[str, Any]:
-        await self.send({"type": "subscribe", "channel": channel})
+        return await self.subscribe_raw({"type": "subscribe", "channel": channel})
+
+    async def subscribe_raw(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a subscribe message as given; its answer (``subscribed`` or ``error``)."""
+        await self.send(message)
         return await self.recv_until(lambda m: m["type"] in ("subscribed", "error"))
 
 

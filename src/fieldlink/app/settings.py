@@ -35,6 +35,7 @@ class Settings:
     socketio_ping_timeout_s: float = 20.0
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     simulate: int = 0
+    demo: str | None = None  # app/demo.py: tenants
     simulate_interval_s: float = 5.0
     simulate_seed: int = 1
     log_level: str = "info"

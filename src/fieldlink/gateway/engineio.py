@@ -335,6 +335,7 @@ class EngineSocket:
         self._queued_bytes = 0
         self.websocket = websocket
         self.upgrading = False
+        self.server.stats.upgrades += 1
         self._release_poll()
         for data in queued:
             if data.startswith(b"b"):

@@ -330,9 +330,7 @@ class SocketIOServer:
         # What the namespace sends on connect goes out a moment after the CONNECT reply, in
         # a segment of its own: clients that await one message at a time (the compliance
         # suite) miss a second message that arrives in the same read as the first.
-        asyncio.get_running_loop().call_later(
-            CONNECTED_DELAY_S, self._connected, namespace, client
-        )
+        asyncio.get_running_loop().call_later(CONNECTED_DELAY_S, self._connected, namespace, client)
 
     @staticmethod
     def _connected(namespace: Namespace, client: Client) -> None:
