@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh runtime
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: $(VENV)/.installed tests/node/package-lock.json
 	bash scripts/setup.sh test
 	touch $@
 

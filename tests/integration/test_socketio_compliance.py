@@ -42,7 +42,8 @@ def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout: float = 1
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the echo server did not listen on {port} within {timeout} s") from None
+                raise TimeoutError(
+                    f"the echo server did not listen on {port} within {timeout} s") from None
             time.sleep(0.05)
 
 
@@ -89,7 +90,7 @@ def test_official_protocol_suite_passes(suite: str, echo_server: str) -> None:
     run = subprocess.run(
         [node, str(MOCHA), "--reporter", "spec", "--no-color", str(script)],
         cwd=ROOT, env={**os.environ, "PROTOCOL_URL": echo_server, "NO_COLOR": "1"},
-        capture_output=True, text=True, timeout=180,
+        capture_output=True, text=True, timeout=180, check=False,
     )
     took = time.monotonic() - started
     print(run.stdout)

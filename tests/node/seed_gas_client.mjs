@@ -7,7 +7,7 @@
 // reconnectionDelay: 1000, reconnectionAttempts: 5, auth: {token}}), and on 'connect' it emits
 // 'subscribe:device' with the device id; it listens to 'device:data', 'device:alerts',
 // 'connect_error' and 'disconnect'. Where the UI would update, this prints one JSON line per event
-// on stdout: {"event", "t" (receive time, ms since the epoch, sub-ms), ...}. Events the seed does
+// on stdout: {"event", "t" (receive time: Date.now(), ms since the epoch), ...}. Events the seed does
 // not listen to (e.g. 'connected', 'fieldlink:error') and the manager's reconnection events are
 // printed as well, so a test sees everything the client got.
 //
@@ -27,10 +27,8 @@ if (!url || !deviceId) {
 }
 const token = process.env.FIELDLINK_TOKEN || undefined;
 
-const now = () => performance.timeOrigin + performance.now();
-
 function out(event, fields = {}) {
-  process.stdout.write(`${JSON.stringify({ event, t: now(), ...fields })}\n`);
+  process.stdout.write(`${JSON.stringify({ event, t: Date.now(), ...fields })}\n`);
 }
 
 const socket = io(url, {
@@ -84,8 +82,13 @@ function close() {
   socket.disconnect();
   out('closed');
   commands.close();
-  // Nothing is left to keep Node running once the packets are out; exit anyway if something does.
-  setTimeout(() => process.exit(0), 2000).unref();
+  process.stdin.destroy();
+  // Nothing is left to keep Node running once the packets are out. If something still does,
+  // exit with 3: the tests expect 0.
+  setTimeout(() => {
+    process.stderr.write('still running 2 s after close\n');
+    process.exit(3);
+  }, 2000).unref();
 }
 
 commands = createInterface({ input: process.stdin });

@@ -97,8 +97,12 @@ async def main(port: int) -> None:
         "/engine.io/": engine("/engine.io/", EngineEcho()),
         "/socket.io/": engine(
             "/socket.io/",
+            # The suite's client awaits one message at a time, so a second message in the
+            # same read as the CONNECT reply would be missed: the echo's "auth" goes out a
+            # moment later in a segment of its own, as the reference server's write buffering
+            # (a transport is not writable until its last write drained) also does.
             SocketIOServer({"/": EchoNamespace(), "/custom": EchoNamespace()},
-                           connect_timeout_s=1.0),
+                           connect_timeout_s=1.0, connected_delay_s=0.005),
         ),
     }
     hub = Hub()

@@ -188,6 +188,7 @@ class Runtime:
         if self.broker is not None and s.device_auth:
             self.broker.set_users(await self.identity.broker_users())
         await self.registry.load()
+        await self.replica.warm()  # latest readings survive a restart
         await self.bus.start()  # listening to other instances before any ingest
         await self.publisher.start()
         await self.listener.start()
@@ -347,6 +348,7 @@ def build(settings: Settings) -> Runtime:
         latest=views,
         commands=commands,
         authenticator=identity,
+        limiter=RateLimiter(s.ws_messages_per_s, max(1.0, s.ws_messages_per_s * 2)),
         max_per_subject=s.ws_max_per_user,
     )
     engine_stats, socketio_stats = EngineStats(), SocketIOStats()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -32,7 +33,7 @@ import orjson
 from fieldlink.core import channels
 from fieldlink.core.access import DEFAULT_TENANT, Principal, can_subscribe
 from fieldlink.core.commands import Command, Status
-from fieldlink.core.errors import FieldlinkError, ProtocolError, ValidationError
+from fieldlink.core.errors import FieldlinkError, ProtocolError, RateLimited, ValidationError
 from fieldlink.core.events import (
     CommandMoved,
     DeviceChanged,
@@ -41,6 +42,7 @@ from fieldlink.core.events import (
     TelemetryAccepted,
 )
 from fieldlink.core.model import Record, is_valid_device_id
+from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.gateway import protocol
 from fieldlink.gateway.engineio import SEPARATOR, EngineSocket
 from fieldlink.gateway.frames import text_frame
@@ -159,6 +161,7 @@ class FieldlinkNamespace:
         latest: LatestReadings,
         commands: Commands,
         authenticator: Authenticator,
+        limiter: RateLimiter,
         max_per_subject: int = 100,
     ) -> None:
         self.hub = hub
@@ -166,6 +169,7 @@ class FieldlinkNamespace:
         self.latest = latest
         self.commands = commands
         self.authenticator = authenticator
+        self.limiter = limiter  # client events per connection
         self.max_per_subject = max_per_subject
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -208,17 +212,19 @@ class FieldlinkNamespace:
         client.data["vocabulary"] = vocabulary
         client.data["chosen"] = "vocabulary" in auth
         client.data["throttle_ms"] = throttle
+        # A hub member from now on (before the CONNECT reply): counted against the user's cap
+        # and closed with the user's other sessions from the first instant.
+        socket.renderer = renderer_for(vocabulary, socket)
+        self.hub.add(socket)
+        if vocabulary is Vocabulary.PLATFORM:
+            self.hub.join(socket, self._tenant_room(principal), throttle)
 
     def connected(self, client: Client) -> None:
-        socket = client.socket
-        socket.renderer = renderer_for(client.data["vocabulary"], socket)
-        self.hub.add(socket)
-        if client.data["vocabulary"] is Vocabulary.PLATFORM:
-            self.hub.join(socket, self._tenant_room(socket.principal), client.data["throttle_ms"])
         client.emit("connected", {"clientId": client.sid})
 
     def disconnect(self, client: Client, reason: str) -> None:
         self.hub.remove(client.socket)
+        self.limiter.forget(client.socket)
 
     def upgraded(self, client: Client) -> None:
         self.hub.switch_renderer(
@@ -234,6 +240,12 @@ class FieldlinkNamespace:
 
     def event(self, client: Client, name: str, args: list[Any], ack_id: int | None) -> None:
         arg = args[0] if args else None
+        wait_s = self.limiter.take(client.socket, time.monotonic())
+        if wait_s > 0:
+            self.hub.stats.rate_limited += 1
+            limited = RateLimited("too many events; slow down", wait_s)
+            self._refuse(client, name, limited, ack_id)
+            return
         try:
             if name == "subscribe:device":
                 self._subscribe_device(client, arg)

@@ -1,5 +1,6 @@
 """Keeps this instance's read models (registry, status table, latest-state cache) in step with
-what other instances ingest, and catches up from the store after the bus was lost.
+what other instances ingest, warms the cache from the store at start, and catches up from the
+store after the bus was lost.
 
 Nothing is stored or re-published here: the instance that ingested an event did both. After
 a bus outage other instances' events are missed; Redis is never the source of truth, so
@@ -74,6 +75,16 @@ class Replica:
             )
         elif isinstance(event, StatusChanged):
             self.presence.adopt(event)
+
+    async def warm(self) -> int:
+        """At start: the latest state of every device that reported within the cache TTL,
+        from the store, so snapshots and latest readings survive a restart. Returns how many."""
+        now_ms = self.clock_ms()
+        records = await self.store.latest_since(now_ms - int(self.cache_ttl_s * 1000))
+        for record in records:
+            record.tenant_id = self.registry.tenant_of(record.device_id)
+            self.cache.remember(record, now_ms)
+        return len(records)
 
     async def resume(self) -> None:
         """The bus is back after an outage: catch up from the store (see the module doc)."""
