@@ -120,6 +120,7 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         mqtt_client_id=p["mqtt_client_id"],  # type: ignore[arg-type]
         mqtt_session_expiry_s=int(p["mqtt_session_expiry"]),  # type: ignore[call-overload]
         routes_file=path(p["routes"]),
+        alert_rules_file=path(p["alert_rules"]),
         simulate=int(p.get("simulate", 0)),  # type: ignore[call-overload]
         demo=p.get("demo"),  # type: ignore[arg-type]
         simulate_interval_s=float(p.get("interval", 5.0)),  # type: ignore[arg-type]
@@ -184,6 +185,9 @@ def up(
         "MQTT_SESSION_EXPIRY",
     ),
     routes: Path | None = _opt(None, "TOML file with custom ingest routes", "ROUTES"),
+    alert_rules: Path | None = _opt(
+        None, "TOML file of alert rules ([[rules]], docs/alerts.md)", "ALERT_RULES"
+    ),
     simulate: int = _opt(0, "also run N simulated devices", "SIMULATE"),
     demo: str | None = _opt(
         None, "set up a demo system with its devices: tenants (multi-tenant platform)", "DEMO"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fieldlink.core.access import Principal
+from fieldlink.core.alerts import Alert
 from fieldlink.core.commands import Command, CommandRequest, Status
 from fieldlink.core.events import DeviceStatus, DomainEvent
 from fieldlink.core.measures import Measure
@@ -53,6 +54,43 @@ class CommandLog(Protocol):
         oldest first: one device's, or every device's for None."""
 
 
+class AlertLog(Protocol):
+    """Persisted alerts (every store implements it). At most one alert per (rule, device) is
+    open (active or acknowledged): ``insert_alert`` refuses a second, so instances racing to
+    raise the same crossing store one. Changes are compare-and-set on ``version``."""
+
+    async def insert_alert(self, alert: Alert) -> bool:
+        """Add a new alert; False if one is already open for its rule and device."""
+
+    async def replace_alert(self, alert: Alert, expected_version: int) -> bool:
+        """Store ``alert`` if the stored one still has ``expected_version``."""
+
+    async def get_alert(self, alert_id: str) -> Alert | None: ...
+
+    async def list_alerts(
+        self,
+        *,
+        tenant_id: str | None = None,
+        device_id: str | None = None,
+        states: Sequence[str] = (),
+        level: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 500,
+    ) -> list[Alert]:
+        """Newest first (by last change); filters combine."""
+
+    async def open_alerts(self) -> list[Alert]:
+        """Every open alert (the evaluator's state after a restart or failover)."""
+
+
+class Leases(Protocol):
+    """Named leases: one holder at a time (the leader of a job among several instances)."""
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int, now_ms: int) -> bool:
+        """Take or renew the lease until ``now_ms + ttl_ms``: True if ``holder`` has it now
+        (it was free, expired, or already its own)."""
+
+
 class Docs(Protocol):
     """Small JSON documents by (kind, key): tenants, users, device credentials."""
 
@@ -64,7 +102,7 @@ class Docs(Protocol):
         """``(key, doc)`` pairs of one kind, by key."""
 
 
-class Store(CommandLog, Docs, Protocol):
+class Store(CommandLog, AlertLog, Leases, Docs, Protocol):
     """Durable history and the device registry.
 
     Ordering: writes submitted in order are committed in order. ``write`` returns a future that
@@ -84,6 +122,10 @@ class Store(CommandLog, Docs, Protocol):
         """Insert or update a device (ordered with ``write``; committed with the next batch)."""
 
     async def get_device(self, device_id: str) -> Device | None: ...
+
+    async def delete_device(self, device_id: str, purge: bool) -> int:
+        """Remove the device row (after what was queued before); with ``purge`` also its
+        telemetry rows. Returns how many telemetry rows were removed."""
 
     async def list_devices(self) -> list[Device]: ...
 
@@ -306,3 +348,12 @@ class Probe(Protocol):
 
     def ok(self) -> bool:
         """Usable right now."""
+
+
+class OpenAlerts(Protocol):
+    """The open alerts as this instance knows them (the alert service)."""
+
+    def open_alerts(
+        self, tenant_id: str | None = None, device_id: str | None = None
+    ) -> list[Alert]:
+        """Most severe and newest first."""

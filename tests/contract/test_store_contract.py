@@ -12,6 +12,7 @@ from fieldlink.backends.memory import MemoryStore
 from fieldlink.backends.postgres import PostgresStore
 from fieldlink.backends.sqlite import SqliteStore
 from fieldlink.core.errors import DependencyDown
+from fieldlink.core.alerts import Alert
 from fieldlink.core.model import Device, Record
 from fieldlink.ports import Store, WriteResult
 from tests.conftest import fresh_database
@@ -176,3 +177,60 @@ async def test_fleet_chart_per_tenant(store: Store) -> None:
     assert await store.query_fleet(*window, (), "bolt") == [{"ts": start, "p": 50.0}]
     assert await store.query_fleet(*window, (), "nobody") == []
     assert await store.query_fleet(*window) == [{"ts": start, "p": 60.0}]
+
+
+# ---- alerts, leases, deleting devices ------------------------------------------------------
+
+def alert(alert_id: str, rule: str = "r1", device: str = "d1", **over: object) -> Alert:
+    from fieldlink.core.alerts import AlertState
+
+    base = dict(id=alert_id, tenant_id="t1", device_id=device, rule_id=rule, metric="gas_ppm",
+                level="alarm_level_1", level_index=0, state=AlertState.ACTIVE, value=450.0,
+                threshold=400.0, raised_ms=T0, updated_ms=T0)
+    base.update(over)
+    return Alert(**base)  # type: ignore[arg-type]
+
+
+async def test_one_open_alert_per_rule_and_device(store: Store) -> None:
+    from dataclasses import replace
+
+    from fieldlink.core.alerts import AlertState
+
+    assert await store.insert_alert(alert("a1"))
+    assert not await store.insert_alert(alert("a2"))  # the same crossing, raised twice
+    assert await store.insert_alert(alert("a3", rule="r2"))
+    assert await store.insert_alert(alert("a4", device="d2"))
+    done = replace(alert("a1"), state=AlertState.CLEARED, version=2, updated_ms=T0 + 5)
+    assert await store.replace_alert(done, expected_version=1)
+    assert not await store.replace_alert(done, expected_version=1)  # lost the race
+    assert await store.insert_alert(alert("a5", updated_ms=T0 + 9))  # a new crossing after clear
+    assert await store.get_alert("a1") == done
+    assert {a.id for a in await store.open_alerts()} == {"a3", "a4", "a5"}
+    newest = await store.list_alerts(tenant_id="t1")
+    assert [a.id for a in newest][:2] == ["a5", "a1"]
+    assert [a.id for a in await store.list_alerts(states=["cleared"])] == ["a1"]
+    assert [a.id for a in await store.list_alerts(device_id="d2")] == ["a4"]
+    assert [a.id for a in await store.list_alerts(since_ms=T0 + 1)] == ["a5", "a1"]
+    assert await store.list_alerts(tenant_id="t2") == []
+    assert len(await store.list_alerts(limit=2)) == 2
+
+
+async def test_a_lease_has_one_holder_until_it_expires(store: Store) -> None:
+    assert await store.acquire_lease("alerts", "i1", 1000, T0)
+    assert not await store.acquire_lease("alerts", "i2", 1000, T0 + 500)
+    assert await store.acquire_lease("alerts", "i1", 1000, T0 + 600)  # renewed to T0 + 1600
+    assert not await store.acquire_lease("alerts", "i2", 1000, T0 + 1500)
+    assert await store.acquire_lease("alerts", "i2", 1000, T0 + 1600)  # expired: taken over
+    assert not await store.acquire_lease("alerts", "i1", 1000, T0 + 1700)
+    assert await store.acquire_lease("agents", "i1", 1000, T0 + 1700)  # another name
+
+
+async def test_deleting_a_device_keeps_or_purges_its_history(store: Store) -> None:
+    for device in ("keep", "purge"):
+        store.save_device(Device(device, "edge", {}, T0, T0, "t1"))
+        await store.write([rec(device, T0 + i, i) for i in range(3)])
+    assert await store.delete_device("keep", purge=False) == 0
+    assert await store.delete_device("purge", purge=True) == 3
+    assert await store.get_device("keep") is None and await store.get_device("purge") is None
+    assert len(await store.query_range("keep", T0, T0 + 10, 10)) == 3
+    assert await store.query_range("purge", T0, T0 + 10, 10) == []

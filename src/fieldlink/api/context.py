@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from fieldlink.api.auth import HttpAuth
 from fieldlink.core.codec import Limits
 from fieldlink.ports import Cache, SessionCloser, Store
+from fieldlink.services.alerts import AlertService
 from fieldlink.services.commands import CommandService
 from fieldlink.services.health import Health
 from fieldlink.services.identity import IdentityService
@@ -28,6 +29,7 @@ class ApiContext:
     store: Store
     cache: Cache
     commands: CommandService
+    alerts: AlertService
     identity: IdentityService
     sessions: SessionCloser
     health: Health

@@ -23,6 +23,7 @@ class Settings:
     redis_url: str | None = None  # None: in-process bus and cache (single instance)
     topic_prefix: str = "edge"
     routes_file: Path | None = None
+    alert_rules_file: Path | None = None  # TOML [[rules]] (docs/alerts.md)
     cache_ttl_s: float = 300.0
     silence_timeout_s: float = 60.0
     status_sweep_s: float = 1.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 import socket
 import time
 import tomllib
@@ -30,8 +31,11 @@ from fieldlink.api.context import ApiContext
 from fieldlink.api.http import HandshakeStats
 from fieldlink.api.metrics import metrics_registry
 from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
+from fieldlink.core.access import DEFAULT_TENANT
 from fieldlink.core.dedupe import DedupeWindow
+from fieldlink.core.errors import ValidationError
 from fieldlink.core.ratelimit import RateLimiter
+from fieldlink.core.rules import AlertRule, parse_rule
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
 from fieldlink.gateway.engineio import EngineServer, EngineSettings, EngineStats
@@ -49,6 +53,7 @@ from fieldlink.mqtt.broker import HUB_USER, EmbeddedBroker, mosquitto_hash
 from fieldlink.mqtt.listener import MqttListener
 from fieldlink.mqtt.publisher import MqttPublisher
 from fieldlink.ports import Bus, Cache, Store
+from fieldlink.services.alerts import AlertService
 from fieldlink.services.commands import CommandService
 from fieldlink.services.health import Health
 from fieldlink.services.identity import (
@@ -119,6 +124,28 @@ def load_routes(path: Path | None) -> tuple[Route, ...]:
     )
 
 
+def load_alert_rules(path: Path | None) -> tuple[AlertRule, ...]:
+    """``[[rules]]`` tables of a TOML file: each a rule (docs/alerts.md) with an ``id`` and an
+    optional ``tenant`` (default: the default tenant)."""
+    if path is None:
+        return ()
+    with open(path, "rb") as fh:
+        config: dict[str, Any] = tomllib.load(fh)
+    rules = []
+    for i, raw in enumerate(config.get("rules", [])):
+        try:
+            rules.append(
+                parse_rule(
+                    raw,
+                    rule_id=str(raw.get("id") or f"{path.stem}-{i + 1}"),
+                    tenant_id=str(raw.get("tenant") or DEFAULT_TENANT),
+                )
+            )
+        except ValidationError as exc:
+            raise ValueError(f"{path}: rule {i + 1}: {exc.message} ({exc.path})") from None
+    return tuple(rules)
+
+
 def token_config(settings: Settings) -> TokenConfig:
     """JWT settings: HS256 with the configured secret or ``<data-dir>/jwt.secret``, or
     RS256/ES256 with PEM key files. Several instances must share the secret or keys."""
@@ -157,6 +184,7 @@ class Runtime:
     mqtt_url: str
     identity: IdentityService
     registry: DeviceRegistry
+    alerts: AlertService
     presence: Presence
     writer: StoreWriter
     ingestor: Ingestor
@@ -189,6 +217,8 @@ class Runtime:
             self.broker.set_users(await self.identity.broker_users())
         await self.registry.load()
         await self.replica.warm()  # latest readings survive a restart
+        await self.alerts.load()
+        self.alerts.start()
         await self.bus.start()  # listening to other instances before any ingest
         await self.publisher.start()
         await self.listener.start()
@@ -206,6 +236,7 @@ class Runtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.commands.close()
+        await self.alerts.close()
         await self.native.close()
         await self.socketio.close()
         for engine in self.engines.values():
@@ -289,7 +320,18 @@ def build(settings: Settings) -> Runtime:
         clock_ms=clock,
         cache_ttl_s=s.cache_ttl_s,
     )
-    views = DeviceViews(registry=registry, presence=presence, cache=cache, clock_ms=clock)
+    alerts = AlertService(
+        store=store,
+        bus=bus,
+        devices=registry,
+        cache=cache,
+        clock_ms=clock,
+        instance_id=f"{socket.gethostname()}-{secrets.token_hex(6)}",
+        config_rules=load_alert_rules(s.alert_rules_file),
+    )
+    views = DeviceViews(
+        registry=registry, presence=presence, cache=cache, alerts=alerts, clock_ms=clock
+    )
     client_id = mqtt_client_id(s)
     publisher = MqttPublisher(
         mqtt_url,
@@ -331,6 +373,7 @@ def build(settings: Settings) -> Runtime:
     )
     bus.subscribe(replica.apply, remote_only=True)
     bus.subscribe(commands.on_event)
+    bus.subscribe(alerts.on_event)
     bus.subscribe(hub.publish)
     bus.on_resume(replica.resume)
     auth = HttpAuth(
@@ -389,6 +432,7 @@ def build(settings: Settings) -> Runtime:
             publisher,
             bus,
             commands,
+            alerts,
             hub,
             handshake_stats,
             identity,
@@ -405,6 +449,7 @@ def build(settings: Settings) -> Runtime:
         store=store,
         cache=cache,
         commands=commands,
+        alerts=alerts,
         identity=identity,
         sessions=hub,
         health=health,
@@ -422,6 +467,7 @@ def build(settings: Settings) -> Runtime:
         mqtt_url=mqtt_url,
         identity=identity,
         registry=registry,
+        alerts=alerts,
         presence=presence,
         writer=writer,
         ingestor=ingestor,

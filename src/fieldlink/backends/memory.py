@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fieldlink.backends.aggregate import aggregate_records, fleet_records
+from fieldlink.core.alerts import Alert
 from fieldlink.core.commands import OPEN, Command, Status
 from fieldlink.core.events import DomainEvent
 from fieldlink.core.measures import Measure
@@ -26,6 +27,8 @@ class MemoryStore:
         self._keys: dict[str, list[int]] = {}
         self._seqs: dict[str, set[int]] = {}
         self._devices: dict[str, Device] = {}
+        self._alerts: dict[str, Alert] = {}
+        self._leases: dict[str, tuple[str, int]] = {}
 
     async def start(self) -> None:
         return None
@@ -69,6 +72,66 @@ class MemoryStore:
 
     async def list_devices(self) -> list[Device]:
         return sorted(self._devices.values(), key=lambda d: d.id)
+
+    async def delete_device(self, device_id: str, purge: bool) -> int:
+        self._devices.pop(device_id, None)
+        if not purge:
+            return 0
+        self._keys.pop(device_id, None)
+        self._seqs.pop(device_id, None)
+        return len(self._records.pop(device_id, []))
+
+    # ---- alerts (AlertLog) and leases ---------------------------------------------------
+
+    async def insert_alert(self, alert: Alert) -> bool:
+        if alert.id in self._alerts or any(
+            a.open and a.rule_id == alert.rule_id and a.device_id == alert.device_id
+            for a in self._alerts.values()
+        ):
+            return False
+        self._alerts[alert.id] = alert
+        return True
+
+    async def replace_alert(self, alert: Alert, expected_version: int) -> bool:
+        current = self._alerts.get(alert.id)
+        if current is None or current.version != expected_version:
+            return False
+        self._alerts[alert.id] = alert
+        return True
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        return self._alerts.get(alert_id)
+
+    async def list_alerts(
+        self,
+        *,
+        tenant_id: str | None = None,
+        device_id: str | None = None,
+        states: Sequence[str] = (),
+        level: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 500,
+    ) -> list[Alert]:
+        chosen = [
+            a
+            for a in self._alerts.values()
+            if tenant_id in (None, a.tenant_id)
+            and device_id in (None, a.device_id)
+            and (not states or a.state in states)
+            and level in (None, a.level)
+            and (since_ms is None or a.updated_ms >= since_ms)
+        ]
+        return sorted(chosen, key=lambda a: (a.updated_ms, a.id), reverse=True)[:limit]
+
+    async def open_alerts(self) -> list[Alert]:
+        return [a for a in self._alerts.values() if a.open]
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int, now_ms: int) -> bool:
+        current = self._leases.get(name)
+        if current is not None and current[0] != holder and current[1] > now_ms:
+            return False
+        self._leases[name] = (holder, now_ms + ttl_ms)
+        return True
 
     def _slice(self, device_id: str, start_ms: int, end_ms: int) -> list[Record]:
         keys = self._keys.get(device_id, [])

@@ -21,12 +21,16 @@ import asyncpg
 import orjson
 
 from fieldlink.backends.rows import (
+    alert_filters,
+    alert_row,
+    alerts_from,
     bucket_rows,
     command_row,
     commands_from,
     device_from,
     device_row,
 )
+from fieldlink.core.alerts import Alert
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
@@ -415,6 +419,82 @@ class PostgresStore:
             device_id,
         )
         return commands_from(rows)
+
+    # ---- alerts (AlertLog) and leases ---------------------------------------------------
+
+    async def insert_alert(self, alert: Alert) -> bool:
+        status = await self._execute(
+            "INSERT INTO alerts (id, tenant_id, device_id, rule_id, state, level, updated_ms, "
+            "version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) "
+            "ON CONFLICT DO NOTHING",
+            *alert_row(alert),
+        )
+        return status.endswith(" 1")
+
+    async def replace_alert(self, alert: Alert, expected_version: int) -> bool:
+        row = alert_row(alert)
+        status = await self._execute(
+            "UPDATE alerts SET state = $1, level = $2, updated_ms = $3, version = $4, "
+            "doc = $5::jsonb WHERE id = $6 AND version = $7",
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+            row[8],
+            alert.id,
+            expected_version,
+        )
+        return status.endswith(" 1")
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        rows = await self._fetch("SELECT doc::text FROM alerts WHERE id = $1", alert_id)
+        return alerts_from(rows)[0] if rows else None
+
+    async def list_alerts(
+        self,
+        *,
+        tenant_id: str | None = None,
+        device_id: str | None = None,
+        states: Sequence[str] = (),
+        level: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 500,
+    ) -> list[Alert]:
+        where, args = alert_filters(
+            tenant_id, device_id, states, level, since_ms, lambda n: f"${n}"
+        )
+        rows = await self._fetch(
+            f"SELECT doc::text FROM alerts{where} ORDER BY updated_ms DESC, id DESC "
+            f"LIMIT ${len(args) + 1}",
+            *args,
+            limit,
+        )
+        return alerts_from(rows)
+
+    async def open_alerts(self) -> list[Alert]:
+        return alerts_from(
+            await self._fetch("SELECT doc::text FROM alerts WHERE state <> 'cleared'")
+        )
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int, now_ms: int) -> bool:
+        status = await self._execute(
+            "INSERT INTO leases (name, holder, expires_ms) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+            "expires_ms = excluded.expires_ms "
+            "WHERE leases.holder = excluded.holder OR leases.expires_ms <= $4",
+            name,
+            holder,
+            now_ms + ttl_ms,
+            now_ms,
+        )
+        return status.endswith(" 1")
+
+    async def delete_device(self, device_id: str, purge: bool) -> int:
+        await self._execute("DELETE FROM devices WHERE id = $1", device_id)
+        if not purge:
+            return 0
+        status = await self._execute("DELETE FROM telemetry WHERE device_id = $1", device_id)
+        return int(status.rsplit(" ", 1)[-1])
 
     async def query_fleet(
         self,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
+from fieldlink.core.alerts import Alert
 from fieldlink.core.commands import Command
 from fieldlink.core.model import Device
 
@@ -55,3 +56,58 @@ def device_row(device: Device) -> tuple[Any, ...]:
 def device_from(row: Sequence[Any]) -> Device:
     """A device from a row in ``device_row``'s column order (meta as JSON text)."""
     return Device(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5])
+
+
+def alert_row(alert: Alert) -> tuple[Any, ...]:
+    """``(id, tenant_id, device_id, rule_id, state, level, updated_ms, version, doc)``."""
+    return (
+        alert.id,
+        alert.tenant_id,
+        alert.device_id,
+        alert.rule_id,
+        str(alert.state),
+        alert.level,
+        alert.updated_ms,
+        alert.version,
+        orjson.dumps(alert.to_dict()).decode(),
+    )
+
+
+def alerts_from(rows: Sequence[Any]) -> list[Alert]:
+    """Alerts from rows whose first column is the JSON ``doc``."""
+    return [Alert.from_dict(orjson.loads(row[0])) for row in rows]
+
+
+def alert_filters(
+    tenant_id: str | None,
+    device_id: str | None,
+    states: Sequence[str],
+    level: str | None,
+    since_ms: int | None,
+    placeholder: Callable[[int], str],
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (or "") and its arguments for ``list_alerts``; ``placeholder(n)``
+    spells the n-th parameter in the store's dialect."""
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(sql.format(placeholder(len(args))))
+
+    if tenant_id is not None:
+        add("tenant_id = {}", tenant_id)
+    if device_id is not None:
+        add("device_id = {}", device_id)
+    for_states = [str(s) for s in states]
+    if for_states:
+        marks = []
+        for state in for_states:
+            args.append(state)
+            marks.append(placeholder(len(args)))
+        clauses.append(f"state IN ({', '.join(marks)})")
+    if level is not None:
+        add("level = {}", level)
+    if since_ms is not None:
+        add("updated_ms >= {}", since_ms)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args

@@ -21,12 +21,16 @@ from typing import Any
 import orjson
 
 from fieldlink.backends.rows import (
+    alert_filters,
+    alert_row,
+    alerts_from,
     bucket_rows,
     command_row,
     commands_from,
     device_from,
     device_row,
 )
+from fieldlink.core.alerts import Alert
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
@@ -64,6 +68,25 @@ CREATE TABLE IF NOT EXISTS commands (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS commands_device ON commands (device_id, created_ms);
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    rule_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    level TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_open ON alerts (rule_id, device_id)
+    WHERE state <> 'cleared';
+CREATE INDEX IF NOT EXISTS alerts_tenant ON alerts (tenant_id, updated_ms);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS commands_open ON commands (deadline_ms)
     WHERE status IN ('pending', 'sent');
 """
@@ -247,6 +270,15 @@ class SqliteStore:
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
+    async def delete_device(self, device_id: str, purge: bool) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+            if not purge:
+                return 0
+            return conn.execute("DELETE FROM telemetry WHERE device_id = ?", (device_id,)).rowcount
+
+        return int(await self._write_call(delete))
+
     async def get_device(self, device_id: str) -> Device | None:
         rows = await self._read(
             "SELECT id, kind, meta, created_ms, last_seen_ms, tenant_id FROM devices WHERE id = ?",
@@ -382,6 +414,71 @@ class SqliteStore:
             (device_id, device_id),
         )
         return commands_from(rows)
+
+    # ---- alerts (AlertLog) and leases ---------------------------------------------------
+
+    async def insert_alert(self, alert: Alert) -> bool:
+        row = alert_row(alert)
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO alerts (id, tenant_id, device_id, rule_id, state, level, "
+                "updated_ms, version, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            return cursor.rowcount == 1
+
+        return bool(await self._write_call(insert))
+
+    async def replace_alert(self, alert: Alert, expected_version: int) -> bool:
+        row = alert_row(alert)
+
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE alerts SET state = ?, level = ?, updated_ms = ?, version = ?, doc = ? "
+                "WHERE id = ? AND version = ?",
+                (row[4], row[5], row[6], row[7], row[8], alert.id, expected_version),
+            )
+            return cursor.rowcount == 1
+
+        return bool(await self._write_call(update))
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        rows = await self._read("SELECT doc FROM alerts WHERE id = ?", (alert_id,))
+        return alerts_from(rows)[0] if rows else None
+
+    async def list_alerts(
+        self,
+        *,
+        tenant_id: str | None = None,
+        device_id: str | None = None,
+        states: Sequence[str] = (),
+        level: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 500,
+    ) -> list[Alert]:
+        where, args = alert_filters(tenant_id, device_id, states, level, since_ms, lambda n: "?")
+        rows = await self._read(
+            f"SELECT doc FROM alerts{where} ORDER BY updated_ms DESC, id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return alerts_from(rows)
+
+    async def open_alerts(self) -> list[Alert]:
+        return alerts_from(await self._read("SELECT doc FROM alerts WHERE state <> 'cleared'", ()))
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int, now_ms: int) -> bool:
+        def take(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
+                "expires_ms = excluded.expires_ms "
+                "WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?",
+                (name, holder, now_ms + ttl_ms, now_ms),
+            )
+            return cursor.rowcount == 1
+
+        return bool(await self._write_call(take))
 
     async def query_fleet(
         self,

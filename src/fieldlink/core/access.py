@@ -55,8 +55,8 @@ def can_subscribe(principal: Principal, channel: str, device_tenant: str | None)
     system administrator may subscribe to anything, including devices not yet registered."""
     if principal.is_system_admin:
         return True
-    if channel == channels.ALL:
-        return False
+    if channel in (channels.ALL, channels.ALERTS) or channel.startswith(channels.KIND_PREFIX):
+        return False  # across tenants
     if channel.startswith(channels.TENANT_PREFIX):
         return channel[len(channels.TENANT_PREFIX) :] == principal.tenant_id
     return device_tenant is not None and device_tenant == principal.tenant_id

@@ -13,6 +13,8 @@ ALL = "all"
 DEVICE_PREFIX = "device:"
 COMMAND_PREFIX = "command:"  # private: the requester of one command, never subscribable
 TENANT_PREFIX = "tenant:"  # every device event of one tenant
+KIND_PREFIX = "kind:"  # registry changes of every device of one kind (all tenants)
+ALERTS = "alerts"  # every alert of every tenant
 
 
 def device(device_id: str) -> str:
@@ -26,6 +28,17 @@ def tenant(tenant_id: str) -> str:
 def for_device_event(device_id: str, tenant_id: str = "default") -> tuple[str, ...]:
     """Channels that carry an event about one device, in delivery order."""
     return (DEVICE_PREFIX + device_id, TENANT_PREFIX + tenant_id, ALL)
+
+
+def for_device_change(device_id: str, tenant_id: str, kind: str) -> tuple[str, ...]:
+    """Channels that carry a registry change of one device: its device's, its tenant's, its
+    kind's, ``all``."""
+    return (DEVICE_PREFIX + device_id, TENANT_PREFIX + tenant_id, KIND_PREFIX + kind, ALL)
+
+
+def for_alert(device_id: str, tenant_id: str) -> tuple[str, ...]:
+    """Channels that carry an alert: its device's, its tenant's, ``alerts``."""
+    return (DEVICE_PREFIX + device_id, TENANT_PREFIX + tenant_id, ALERTS)
 
 
 def command(command_id: str) -> str:
@@ -48,17 +61,25 @@ def tenant_in(event_channels: tuple[str, ...]) -> str | None:
 
 
 def parse(channel: object) -> tuple[str, str | None]:
-    """Validate a channel name from a client: ``("all", None)``, ``("device", id)`` or
-    ``("tenant", id)``."""
+    """Validate a channel name from a client: ``("all", None)``, ``("alerts", None)``,
+    ``("device", id)``, ``("tenant", id)`` or ``("kind", kind)``."""
     if channel == ALL:
         return ("all", None)
+    if channel == ALERTS:
+        return ("alerts", None)
     if isinstance(channel, str):
-        for kind, prefix in (("device", DEVICE_PREFIX), ("tenant", TENANT_PREFIX)):
+        for kind, prefix in (
+            ("device", DEVICE_PREFIX),
+            ("tenant", TENANT_PREFIX),
+            ("kind", KIND_PREFIX),
+        ):
             if channel.startswith(prefix):
                 ident = channel[len(prefix) :]
                 if is_valid_device_id(ident):
                     return (kind, ident)
     shown = repr(channel)[:80]
     raise ProtocolError(
-        f"unknown channel {shown}; use 'all', 'tenant:<id>' or 'device:<id>'", code="bad_channel"
+        f"unknown channel {shown}; use 'all', 'alerts', 'tenant:<id>', 'device:<id>' or "
+        "'kind:<kind>'",
+        code="bad_channel",
     )

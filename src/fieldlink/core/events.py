@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from fieldlink.core import channels
+from fieldlink.core.alerts import Alert
 from fieldlink.core.commands import Command
 from fieldlink.core.model import Record
 
@@ -31,6 +32,7 @@ class EventType(StrEnum):
     ALERT = "alert"
     AGGREGATE = "aggregate"
     DISPATCH = "dispatch"
+    RULE = "rule"  # between instances only: an alert rule changed
 
 
 class DeviceStatus(StrEnum):
@@ -114,23 +116,36 @@ class StatusChanged(_DeviceEvent, frozen=True, tag="status"):
 
 class DeviceChanged(_DeviceEvent, frozen=True, tag="device"):
     """A device was registered, changed or removed. ``meta`` is the device's whole metadata
-    after the change."""
+    (its attributes) after the change; ``changes`` (updates) holds exactly what changed,
+    ``{attribute: [old, new]}``; ``name`` is the kind's name for the event (core/kinds.py:
+    ``drone.stream.status``), or "" for a kind without named events."""
 
     type: ClassVar[EventType] = EventType.DEVICE
     action: DeviceAction
     kind: str
     meta: dict[str, Any]
     created_ms: int
+    changes: dict[str, list[Any]] | None = None
+    name: str = ""
     local_only: bool = False
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return channels.for_device_change(self.device_id, self.tenant_id, self.kind)
+
     def data(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "device_id": self.device_id,
             "action": str(self.action),
             "kind": self.kind,
             "meta": self.meta,
             "tenant": self.tenant_id,
         }
+        if self.changes is not None:
+            body["changes"] = {k: {"old": v[0], "new": v[1]} for k, v in self.changes.items()}
+        if self.name:
+            body["event"] = self.name
+        return body
 
 
 class CommandMoved(_Event, frozen=True, tag="command"):
@@ -170,7 +185,50 @@ class CommandMoved(_Event, frozen=True, tag="command"):
         return body
 
 
-DomainEvent = TelemetryAccepted | StatusChanged | DeviceChanged | CommandMoved
+class AlertChanged(_Event, frozen=True, tag="alert"):
+    """An alert was raised, escalated, acknowledged or cleared (the alert as it is now)."""
+
+    type: ClassVar[EventType] = EventType.ALERT
+    alert: Alert
+    local_only: bool = False
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return channels.for_alert(self.alert.device_id, self.alert.tenant_id)
+
+    @property
+    def key(self) -> str:
+        return self.alert.id
+
+    def data(self) -> dict[str, Any]:
+        return self.alert.to_dict()
+
+
+class RuleChanged(_Event, frozen=True, tag="rule"):
+    """An alert rule was created, replaced (``rule``: its JSON shape) or deleted (None). On
+    no channel: it only tells the other instances."""
+
+    type: ClassVar[EventType] = EventType.RULE
+    rule_id: str
+    tenant_id: str
+    rule: dict[str, Any] | None
+    local_only: bool = False
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def key(self) -> str:
+        return self.rule_id
+
+    def data(self) -> dict[str, Any]:
+        return {"rule_id": self.rule_id, "tenant": self.tenant_id, "rule": self.rule}
+
+
+DomainEvent = (
+    TelemetryAccepted | StatusChanged | DeviceChanged | CommandMoved | AlertChanged | RuleChanged
+)
 """Every event type; the bus carries exactly these."""
 
 _bus_encoder = msgspec.json.Encoder()

@@ -35,7 +35,9 @@ from fieldlink.core.access import DEFAULT_TENANT, Principal, can_subscribe
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import FieldlinkError, ProtocolError, RateLimited, ValidationError
 from fieldlink.core.events import (
+    AlertChanged,
     CommandMoved,
+    DeviceAction,
     DeviceChanged,
     DomainEvent,
     StatusChanged,
@@ -87,14 +89,30 @@ def render(vocabulary: Vocabulary, event: DomainEvent) -> tuple[str, dict[str, A
         if vocabulary is not Vocabulary.PLATFORM or not event.final:
             return None
         return "command:ack", command_payload(event.command)
-    if isinstance(event, DeviceChanged):
-        if vocabulary is not Vocabulary.DRONE or event.kind != "drone":
+    if isinstance(event, AlertChanged):
+        if vocabulary is Vocabulary.DRONE:
             return None
-        return "drone:event", {
-            "event": f"drone.{event.action}",
-            "data": {"droneSerial": event.device_id, "kind": event.kind, **event.meta},
-        }
+        alert = event.alert
+        return "device:alerts", {"deviceId": alert.device_id, "alerts": [alert.to_dict()]}
+    if isinstance(event, DeviceChanged):
+        if vocabulary is not Vocabulary.DRONE or not event.name.startswith("drone."):
+            return None
+        return "drone:event", {"event": event.name, "data": drone_data(event)}
     return None
+
+
+def drone_data(event: DeviceChanged) -> dict[str, Any]:
+    """``{droneSerial, full}`` (created), ``{droneSerial, changes}`` (updated), ``{droneSerial,
+    <attribute>: new, changes}`` (an attribute's own event), ``{droneSerial}`` (deleted)."""
+    data: dict[str, Any] = {"droneSerial": event.device_id}
+    if event.action is DeviceAction.CREATED:
+        data["full"] = {"droneSerial": event.device_id, "kind": event.kind, **event.meta}
+    if event.changes is not None:
+        data["changes"] = {k: {"old": v[0], "new": v[1]} for k, v in event.changes.items()}
+        if event.name != "drone.updated":
+            for key, (_, new) in event.changes.items():
+                data[key] = new
+    return data
 
 
 def telemetry_payload(record: Record) -> dict[str, Any]:

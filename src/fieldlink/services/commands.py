@@ -41,7 +41,14 @@ from fieldlink.core.commands import (
     transition,
 )
 from fieldlink.core.errors import Conflict, FieldlinkError, Forbidden, NotFound, ValidationError
-from fieldlink.core.events import CommandMoved, DeviceStatus, DomainEvent, StatusChanged
+from fieldlink.core.events import (
+    CommandMoved,
+    DeviceAction,
+    DeviceChanged,
+    DeviceStatus,
+    DomainEvent,
+    StatusChanged,
+)
 from fieldlink.core.measures import Measure, counter, measures_of
 from fieldlink.core.topics import TopicScheme
 from fieldlink.ports import Bus, CommandLog, ControlPublisher, DeviceDirectory, PresenceView
@@ -298,6 +305,18 @@ class CommandService:
                 self._spawn(self._wake(event.command.id, waiters))
         elif isinstance(event, StatusChanged) and event.status == DeviceStatus.ONLINE:
             self._spawn(self.send_pending(event.device_id))
+        elif isinstance(event, DeviceChanged) and event.action is DeviceAction.DELETED:
+            self._spawn(self.fail_open(event.device_id, "device_deleted", "the device was deleted"))
+
+    async def fail_open(self, device_id: str, reason: str, error: str) -> int:
+        """End every open command of a device as ``failed`` (every instance may try: the
+        compare-and-set lets one win). Returns how many this call moved."""
+        moved = 0
+        for command in await self.store.list_commands(device_id, 1000):
+            if command.status in (Status.PENDING, Status.SENT):
+                ended = await self._move(command, Status.FAILED, reason=reason, error=error)
+                moved += ended is not command and ended.status is Status.FAILED
+        return moved
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)

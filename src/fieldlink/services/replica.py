@@ -15,7 +15,13 @@ import logging
 from collections.abc import Callable
 
 from fieldlink.core.errors import FieldlinkError
-from fieldlink.core.events import DeviceChanged, DomainEvent, StatusChanged, TelemetryAccepted
+from fieldlink.core.events import (
+    DeviceAction,
+    DeviceChanged,
+    DomainEvent,
+    StatusChanged,
+    TelemetryAccepted,
+)
 from fieldlink.core.model import Device, Record
 from fieldlink.ports import Bus, Cache, Store
 from fieldlink.services.presence import Presence
@@ -62,6 +68,8 @@ class Replica:
                         record.tenant_id,
                     )
                 )
+        elif isinstance(event, DeviceChanged) and event.action is DeviceAction.DELETED:
+            self.registry.forget(event.device_id)
         elif isinstance(event, DeviceChanged):
             self.registry.adopt(
                 Device(

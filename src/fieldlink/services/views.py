@@ -10,7 +10,7 @@ import orjson
 
 from fieldlink.core import channels
 from fieldlink.core.model import Device, Record
-from fieldlink.ports import Cache
+from fieldlink.ports import Cache, OpenAlerts
 from fieldlink.services.presence import Presence
 from fieldlink.services.registry import DeviceRegistry
 
@@ -22,11 +22,13 @@ class DeviceViews:
         registry: DeviceRegistry,
         presence: Presence,
         cache: Cache,
+        alerts: OpenAlerts,
         clock_ms: Callable[[], int],
     ) -> None:
         self.registry = registry
         self.presence = presence
         self.cache = cache
+        self.alerts = alerts
         self.clock_ms = clock_ms
 
     def summary(self, device: Device) -> dict[str, Any]:
@@ -58,13 +60,17 @@ class DeviceViews:
 
     def snapshot(self, channel: str) -> bytes:
         """The ``snapshot`` of a ``subscribed`` reply (docs/protocol.md)."""
-        kind, device_id = channels.parse(channel)
+        kind, ident = channels.parse(channel)
         if kind == "all":
             return orjson.dumps({"devices": self.list()})
         if kind == "tenant":
-            return orjson.dumps({"devices": self.list(device_id)})
-        assert device_id is not None
-        device = self.get(device_id)
+            return orjson.dumps({"devices": self.list(ident)})
+        if kind == "kind":
+            return orjson.dumps({"devices": [d for d in self.list() if d["kind"] == ident]})
+        if kind == "alerts":
+            return orjson.dumps({"alerts": [a.to_dict() for a in self.alerts.open_alerts()]})
+        assert ident is not None
+        device = self.get(ident)
         if device is None:
-            return orjson.dumps({"device_id": device_id, "status": "unknown", "latest": None})
+            return orjson.dumps({"device_id": ident, "status": "unknown", "latest": None})
         return orjson.dumps(device)
