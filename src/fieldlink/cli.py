@@ -127,6 +127,7 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         simulate_seed=int(p.get("seed", 1)),  # type: ignore[call-overload]
         silence_timeout_s=float(p["silence_timeout"]),  # type: ignore[arg-type]
         cache_ttl_s=float(p["cache_ttl"]),  # type: ignore[arg-type]
+        flap_window_s=float(p["flap_window"]),  # type: ignore[arg-type]
         command_timeout_s=float(p["command_timeout"]),  # type: ignore[arg-type]
         allowed_origins=tuple(p["allowed_origin"] or ()),  # type: ignore[arg-type]
         anonymous_devices=bool(p["anonymous_devices"]),
@@ -190,7 +191,10 @@ def up(
     ),
     simulate: int = _opt(0, "also run N simulated devices", "SIMULATE"),
     demo: str | None = _opt(
-        None, "set up a demo system with its devices: tenants (multi-tenant platform)", "DEMO"
+        None,
+        "set up a demo system with its devices: tenants (multi-tenant platform), gas (gas "
+        "sensors and alarms), drones (drone registry events)",
+        "DEMO",
     ),
     interval: float = _opt(5.0, "simulated devices report every INTERVAL seconds", "INTERVAL"),
     seed: int = _opt(1, "simulator seed", "SEED"),
@@ -198,6 +202,12 @@ def up(
         60.0, "seconds of silence before a device counts as offline", "SILENCE_TIMEOUT"
     ),
     cache_ttl: float = _opt(300.0, "seconds the latest state is kept per device", "CACHE_TTL"),
+    flap_window: float = _opt(
+        30.0,
+        "seconds after an offline/online pair during which a device's status changes are held "
+        "back from clients (0: off)",
+        "FLAP_WINDOW",
+    ),
     command_timeout: float = _opt(
         10.0, "seconds a device has to answer a command (default per command)", "COMMAND_TIMEOUT"
     ),
@@ -274,7 +284,9 @@ def up(
         typer.echo(f"note: port 8000 is in use; HTTP/WebSocket use port {http}", err=True)
     if p["mqtt_url"] is None and p["mqtt_port"] == "auto" and mqtt != 1883:
         typer.echo(f"note: port 1883 is in use; the embedded broker uses port {mqtt}", err=True)
-    settings = _settings(p, http, mqtt)
+    from fieldlink.app.demo import demo_settings
+
+    settings = demo_settings(_settings(p, http, mqtt))
     _run(serve(settings, _extras(settings)))
 
 
@@ -368,6 +380,77 @@ def migrate(
     _logging("info")
     applied = asyncio.run(run_migrations(database_url))
     typer.echo("applied: " + ", ".join(applied) if applied else "the schema is up to date")
+
+
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert rules: try them on stored history.")
+app.add_typer(alerts_app, name="alerts")
+
+
+def _duration_ms(text: str) -> int:
+    units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return int(float(text[:-1]) * units[text[-1]])
+    raise typer.BadParameter("a duration like 30m, 12h or 7d")
+
+
+@alerts_app.command("backtest")
+def alerts_backtest(
+    rule: Path = typer.Option(..., help="TOML file with one [[rules]] table (docs/alerts.md)"),
+    since: str = typer.Option("7d", help="how far back: 30m, 12h, 7d ..."),
+    tenant: str = typer.Option("default", help="the tenant whose devices the rule watches"),
+    data_dir: Path = typer.Option(Path("data"), envvar="FIELDLINK_DATA_DIR"),
+    database_url: str | None = typer.Option(None, envvar="FIELDLINK_DATABASE_URL"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per alert"),
+) -> None:
+    """The alerts a rule would have raised over stored history (nothing is stored or sent):
+    tune a threshold before switching the rule on."""
+    import json
+    import time
+
+    from fieldlink.app.wiring import load_alert_rules, store_from_url
+    from fieldlink.services.alerts import replay
+
+    try:
+        rules = load_alert_rules(rule)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if len(rules) != 1:
+        typer.echo(f"error: {rule} must hold exactly one [[rules]] table", err=True)
+        raise typer.Exit(2)
+    chosen = rules[0]
+    if chosen.tenant_id != tenant:
+        from dataclasses import replace
+
+        chosen = replace(chosen, tenant_id=tenant)
+    end_ms = int(time.time() * 1000) + 1
+    start_ms = end_ms - _duration_ms(since)
+    settings = Settings(data_dir=data_dir, database_url=database_url)
+
+    async def run() -> list[dict[str, Any]]:
+        store = store_from_url(settings.resolved_database_url())
+        await store.start()
+        try:
+            found: list[dict[str, Any]] = []
+            for device in await store.list_devices():
+                if chosen.applies_to(device.tenant_id, device.id, device.kind):
+                    records = await store.query_range(device.id, start_ms, end_ms, 10_000_000)
+                    found.extend(replay(chosen, device.id, records))
+            return sorted(found, key=lambda a: (a["raised"], a["device_id"]))
+        finally:
+            await store.close()
+
+    found = asyncio.run(run())
+    if as_json:
+        for item in found:
+            typer.echo(json.dumps(item))
+        return
+    typer.echo(f"{len(found)} alerts from rule {chosen.id} over the last {since}")
+    for item in found:
+        typer.echo(
+            f"  {item['device_id']:<24} {item['level']:<16} raised {item['raised']} "
+            f"{item['state']}" + (f" (cleared {item['cleared']})" if "cleared" in item else "")
+        )
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

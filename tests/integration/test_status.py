@@ -47,7 +47,7 @@ async def test_last_will_marks_device_offline(hub) -> None:  # type: ignore[no-u
             will = await ws.recv_until(lambda m: m["type"] == "status", timeout=10)
         finally:
             device.loop_stop()
-    assert (will["data"]["status"], will["data"]["reason"]) == ("offline", "reported")
+    assert (will["data"]["status"], will["data"]["reason"]) == ("offline", "last_will")
 
 
 async def test_silence_longer_than_timeout_means_offline(make_hub) -> None:  # type: ignore[no-untyped-def]

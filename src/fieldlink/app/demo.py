@@ -1,6 +1,13 @@
 """Demo configurations of ``fieldlink up --demo NAME``: a seed system set up on the running
 hub, with simulated devices and what to try printed after the banner.
 
+``gas`` (the gas sensor gateway, seed 003): the ``SubTronics/data`` route on, three simulated
+sensors publishing the vendor format every 2 s with now and then a leak past alarm level 1
+or 2, and the two-level methane rule (app/demos/gas_*.toml).
+
+``drones`` (drone fleet events, seed 002): three registered drones, the seed's register route,
+and Socket.IO also at ``/ws/events``.
+
 ``tenants`` (the multi-tenant platform, seed 004): tenants ``acme`` and ``bolt``, an operator
 and a viewer in ``acme`` and an operator in ``bolt``, each with a password; devices
 ``acme-001`` (acks commands), ``acme-002`` (fails them), ``acme-003`` (never answers: "Device
@@ -14,17 +21,35 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
+from fieldlink.app.settings import Settings
 from fieldlink.app.wiring import Runtime
 from fieldlink.core.access import Role
-from fieldlink.simulator.model import NodeModel
+from fieldlink.simulator.model import GasSensorModel, NodeModel
 from fieldlink.simulator.runner import CommandBehavior, SimulatedDevice
 
-DEMOS = ("tenants",)
+DEMOS = ("tenants", "gas", "drones")
+DEMO_FILES = resources.files("fieldlink.app.demos")
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """What a demo changes in the settings before the hub is built."""
+    if settings.demo == "gas":
+        return replace(
+            settings,
+            routes_file=settings.routes_file or Path(str(DEMO_FILES / "gas_routes.toml")),
+            alert_rules_file=settings.alert_rules_file or Path(str(DEMO_FILES / "gas_rules.toml")),
+        )
+    if settings.demo == "drones" and "/ws/events/" not in settings.socketio_paths:
+        return replace(settings, socketio_paths=(*settings.socketio_paths, "/ws/events/"))
+    return settings
 
 
 @dataclass(frozen=True)
@@ -111,5 +136,104 @@ async def run_devices(
             await asyncio.gather(*(d.stop() for d in fleet), return_exceptions=True)
 
 
+GAS_SENSORS = ("ST-4411", "ST-4412", "ST-4413")
+
+
+async def gas(runtime: Runtime, http_port: int, say: Callable[[str], None]) -> None:
+    """Three SubTronics sensors on ``SubTronics/data``; leaks cross the alarm levels."""
+    base = f"http://{runtime.settings.http_host}:{http_port}"
+    say(
+        "\n".join(
+            [
+                "",
+                "demo: gas (gas sensor gateway)",
+                f"  sensors {', '.join(GAS_SENSORS)} publish to SubTronics/data every 2 s",
+                "  rule gas-ch4: gas_ppm > 400 alarm_level_1, > 800 alarm_level_2,"
+                " clears below 380",
+                "  try it (token: the admin token above):",
+                f"    const s = io('{base}', {{transports: ['websocket','polling'],"
+                " auth: {token}});",
+                "    s.on('connect', () => s.emit('subscribe:device', 'ST-4411'));",
+                "    s.on('device:data', console.log); s.on('device:alerts', console.log);",
+                f'    curl -H "Authorization: Bearer $TOKEN" {base}/api/alerts?state=active',
+                '    curl -X POST -H "Authorization: Bearer $TOKEN"'
+                " -H 'Content-Type: application/json'"
+                f' -d \'{{"note":"on it"}}\' \\\n'
+                f"      {base}/api/devices/ST-4411/alerts/<alert id>/acknowledge",
+                "",
+            ]
+        )
+    )
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from fieldlink.mqtt.connection import parse_mqtt_url
+
+    host, port = parse_mqtt_url(runtime.mqtt_url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fieldlink-demo-gas")
+    client.connect(host, port)
+    client.loop_start()
+    sensors = [GasSensorModel.create(serial, seed=1) for serial in GAS_SENSORS]
+    try:
+        while True:
+            for sensor in sensors:
+                payload = orjson.dumps(sensor.step(time.time()))
+                client.publish("SubTronics/data", payload, qos=1)
+            await asyncio.sleep(2.0)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+DRONES = (
+    ("DRONE-001", "Falcon", "Surveillance"),
+    ("DRONE-002", "Heron", "Inspection"),
+    ("DRONE-003", "Swift", "Surveillance"),
+)
+
+
+async def drones(runtime: Runtime, http_port: int, say: Callable[[str], None]) -> None:
+    """Three registered drones; the registry's changes are the events."""
+    now_ms = int(time.time() * 1000)
+    for serial, name, category in DRONES:
+        if runtime.registry.get(serial) is None:
+            runtime.registry.create(
+                serial,
+                "drone",
+                {
+                    "name": name,
+                    "category": category,
+                    "streamIsOn": False,
+                    "aiDetection": False,
+                    "detectionClasses": ["person", "vehicle"],
+                },
+                "default",
+                now_ms,
+            )
+    base = f"http://{runtime.settings.http_host}:{http_port}"
+    say(
+        "\n".join(
+            [
+                "",
+                "demo: drones (drone fleet events)",
+                "  drones DRONE-001, DRONE-002, DRONE-003; Socket.IO also at /ws/events",
+                "  try it (TOKEN: the admin token above):",
+                "    sio = socketio.Client(); sio.on('drone:event', print)",
+                f"    sio.connect('{base}', socketio_path='/ws/events', auth={{'token': TOKEN}})",
+                "    sio.emit('subscribe', {'all': True})",
+                f'    curl -X POST {base}/api/v1/drones/register -H "Authorization: Bearer $TOKEN"'
+                " -H 'Content-Type: application/json' \\",
+                '      -d \'{"deviceSerialNumber":"TEST123","deviceName":"Test Drone",'
+                '"deviceCategory":"Surveillance","streamIsOn":false}\'',
+                f'    curl -X PATCH {base}/api/devices/TEST123 -H "Authorization: Bearer $TOKEN"'
+                " -H 'Content-Type: application/json' \\",
+                '      -d \'{"attributes":{"streamIsOn":true}}\'    # drone.stream.status',
+                "",
+            ]
+        )
+    )
+    await asyncio.Event().wait()  # the registry is the demo: nothing to run
+
+
 DemoRunner = Callable[[Runtime, int, Callable[[str], None]], Coroutine[Any, Any, None]]
-RUNNERS: dict[str, DemoRunner] = {"tenants": tenants}
+RUNNERS: dict[str, DemoRunner] = {"tenants": tenants, "gas": gas, "drones": drones}

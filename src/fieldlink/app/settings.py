@@ -26,6 +26,7 @@ class Settings:
     alert_rules_file: Path | None = None  # TOML [[rules]] (docs/alerts.md)
     cache_ttl_s: float = 300.0
     silence_timeout_s: float = 60.0
+    flap_window_s: float = 30.0  # at most one offline/online pair per window reaches clients
     status_sweep_s: float = 1.0
     ws_path: str = "/ws"
     ws_max_pending_bytes: int = 1024 * 1024

@@ -293,6 +293,7 @@ def build(settings: Settings) -> Runtime:
         bus=bus,
         clock_ms=clock,
         limits=s.limits,
+        flap_window_ms=int(s.flap_window_s * 1000),
     )
     counters = IngestCounters()
     dedupe = DedupeWindow(DEDUPE_WINDOW)

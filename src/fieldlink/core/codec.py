@@ -235,12 +235,26 @@ STATUS_VALUES = {"online": "online", "offline": "offline", "1": "online", "0": "
 
 def parse_status(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> str:
     """Decode a status payload: ``online``/``offline`` plain or as ``{"status": ...}``."""
+    return parse_status_message(payload, limits)[0]
+
+
+OFFLINE_REASONS = ("clean_disconnect", "last_will", "status_message")
+
+
+def parse_status_message(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str, str]:
+    """``(status, reason)`` of a status payload. ``online`` is ``reported``; a plain
+    ``offline`` is ``last_will`` (what devices set as their will); ``{"status": "offline",
+    "reason": "clean_disconnect"}`` (or ``last_will``) says why; any other offline message is
+    ``status_message``."""
     text = payload.strip()
     if len(text) > 1024:
         raise ValidationError(PAYLOAD_TOO_LARGE, "status payload longer than 1024 bytes")
+    reason = "last_will"
     if text.startswith(b"{"):
         obj = decode_json(text, limits)
         value = obj.get("status") if isinstance(obj, dict) else None
+        given = obj.get("reason") if isinstance(obj, dict) else None
+        reason = given if given in OFFLINE_REASONS else "status_message"
     elif text.startswith(b'"'):
         value = decode_json(text, limits)
     else:
@@ -251,4 +265,4 @@ def parse_status(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> str:
     status = STATUS_VALUES.get(value.lower()) if isinstance(value, str) else None
     if status is None:
         raise ValidationError(INVALID_VALUE, 'status must be "online" or "offline"', "$.status")
-    return status
+    return status, ("reported" if status == "online" else reason)

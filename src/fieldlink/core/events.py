@@ -42,11 +42,14 @@ class DeviceStatus(StrEnum):
 
 
 class StatusReason(StrEnum):
-    """Why a device's status changed."""
+    """Why a device's status changed (docs/devices.md#status)."""
 
-    REPORTED = "reported"  # its own status message (or its last will)
+    REPORTED = "reported"  # it said it is online
     TELEMETRY = "telemetry"  # it sent telemetry, so it is online
     SILENCE = "silence"  # nothing heard for longer than the silence timeout
+    LAST_WILL = "last_will"  # a plain "offline": what devices set as their MQTT last will
+    CLEAN_DISCONNECT = "clean_disconnect"  # it said it is going away on purpose
+    STATUS_MESSAGE = "status_message"  # it said it is offline, for another reason
 
 
 class DeviceAction(StrEnum):

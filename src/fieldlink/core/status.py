@@ -69,9 +69,15 @@ class StatusBook:
         entry.since_ms = now_ms
         return StatusChange(device_id, status, now_ms, reason)
 
-    def report(self, device_id: str, status: DeviceStatus, now_ms: int) -> StatusChange | None:
+    def report(
+        self,
+        device_id: str,
+        status: DeviceStatus,
+        now_ms: int,
+        reason: StatusReason = StatusReason.REPORTED,
+    ) -> StatusChange | None:
         """The device (or its broker-delivered last will) said ``online``/``offline``."""
-        return self._set(device_id, DeviceStatus(status), now_ms, StatusReason.REPORTED)
+        return self._set(device_id, DeviceStatus(status), now_ms, StatusReason(reason))
 
     def activity(self, device_id: str, now_ms: int) -> StatusChange | None:
         """The device sent telemetry: it is online, whatever it said before."""

@@ -5,6 +5,12 @@ Inputs: a device's status messages (``edge/{id}/status``, also its last will), i
 offline. The decisions are the pure table in core/status.py; this service feeds it, registers
 devices that announce themselves, and publishes each change. Every instance sweeps its own
 replicated table, so silence events are ``local_only``.
+
+Flapping. A device that drops and comes back over and over would flood clients with status
+events. After an offline -> online pair has been published for a device, its further changes
+within ``flap_window_ms`` are held back (the table, and so REST, stays exact); when the window
+has passed, the sweep publishes the device's current status if it differs from what clients
+last saw. So at most one offline/online pair per window reaches clients.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from fieldlink.core.codec import DEFAULT_LIMITS, Limits, parse_status
+from fieldlink.core.codec import DEFAULT_LIMITS, Limits, parse_status_message
 from fieldlink.core.errors import ValidationError
-from fieldlink.core.events import DeviceStatus, StatusChanged
+from fieldlink.core.events import DeviceStatus, StatusChanged, StatusReason
 from fieldlink.core.measures import Measure, counter, measures_of
 from fieldlink.core.model import is_valid_device_id
-from fieldlink.core.status import StatusBook, StatusChange
+from fieldlink.core.status import OFFLINE, ONLINE, StatusBook, StatusChange
 from fieldlink.ports import Bus
 from fieldlink.services.registry import DeviceRegistry
 
@@ -30,6 +36,9 @@ log = logging.getLogger("fieldlink.presence")
 class PresenceCounters:
     status_messages: int = counter("fieldlink_status_messages", "Status messages received")
     status_rejected: int = counter("fieldlink_status_rejected", "Status messages rejected")
+    damped: int = counter(
+        "fieldlink_status_damped", "Status changes held back from clients (a flapping device)"
+    )
 
 
 class Presence:
@@ -41,13 +50,18 @@ class Presence:
         bus: Bus,
         clock_ms: Callable[[], int],
         limits: Limits = DEFAULT_LIMITS,
+        flap_window_ms: int = 0,
     ) -> None:
         self.book = book
         self.registry = registry
         self.bus = bus
         self.clock_ms = clock_ms
         self.limits = limits
+        self.flap_window_ms = flap_window_ms
         self.counters = PresenceCounters()
+        self._shown: dict[str, DeviceStatus] = {}  # what clients last saw, per device
+        self._pair_ms: dict[str, int] = {}  # when a device's last offline -> online was shown
+        self._held: dict[str, tuple[StatusChange, bool]] = {}  # changes held back
 
     # ---- reads (views, commands) ----------------------------------------------------------
 
@@ -70,14 +84,15 @@ class Presence:
         try:
             if not is_valid_device_id(device_id):
                 raise ValidationError("invalid_device_id", "invalid device id in status topic")
-            status = DeviceStatus(parse_status(payload, self.limits))
+            status_text, reason = parse_status_message(payload, self.limits)
+            status = DeviceStatus(status_text)
         except ValidationError as exc:
             self.counters.status_rejected += 1
             log.info("status message rejected for %r: %s", device_id[:130], exc.message)
             return
         now_ms = self.clock_ms()
         self.registry.register(device_id, "edge", None, now_ms)
-        self._publish(self.book.report(device_id, status, now_ms))
+        self._publish(self.book.report(device_id, status, now_ms, StatusReason(reason)))
 
     def activity(self, device_id: str, now_ms: int) -> None:
         """The device sent telemetry (it is online)."""
@@ -86,10 +101,17 @@ class Presence:
             self._publish(change)
 
     def sweep(self) -> int:
-        """Mark silent devices offline and publish each change. Returns how many changed."""
-        changes = self.book.sweep(self.clock_ms())
+        """Mark silent devices offline and publish each change, and release held changes
+        whose flapping window has passed. Returns how many changed."""
+        now_ms = self.clock_ms()
+        changes = self.book.sweep(now_ms)
         for change in changes:
             self._publish(change, local_only=True)
+        for device_id, (change, local_only) in list(self._held.items()):
+            if now_ms - self._pair_ms.get(device_id, 0) >= self.flap_window_ms:
+                del self._held[device_id]
+                if self._shown.get(device_id) != change.status:
+                    self._show(change, local_only)
         return len(changes)
 
     async def run_sweeper(self, interval_s: float) -> None:
@@ -111,6 +133,22 @@ class Presence:
     def _publish(self, change: StatusChange | None, local_only: bool = False) -> None:
         if change is None:
             return
+        device_id = change.device_id
+        if self.flap_window_ms > 0 and (
+            device_id in self._held
+            or change.ts_ms - self._pair_ms.get(device_id, -self.flap_window_ms)
+            < self.flap_window_ms
+        ):
+            self.counters.damped += 1
+            self._held[device_id] = (change, local_only)
+            return
+        self._show(change, local_only)
+
+    def _show(self, change: StatusChange, local_only: bool) -> None:
+        device_id = change.device_id
+        if change.status == ONLINE and self._shown.get(device_id) == OFFLINE:
+            self._pair_ms[device_id] = change.ts_ms
+        self._shown[device_id] = change.status
         self.bus.publish(
             StatusChanged(
                 change.device_id,

@@ -136,3 +136,42 @@ class NodeModel:
             "battery": b.state,
             "meta": self.meta,
         }
+
+
+@dataclass
+class GasSensorModel:
+    """A seeded SubTronics gas sensor (the gas sensor gateway seed): methane in ppm drifting
+    around a base level, with an occasional leak that climbs past 400 ppm and now and then past
+    800 before it dies down. ``step`` returns the vendor payload (``serial_number`` inside,
+    raw temperature and humidity in tenths) for ``SubTronics/data``."""
+
+    serial: str
+    rng: random.Random
+    ppm: float = 120.0
+    leak: float = 0.0  # ppm added by a leak in progress
+    leak_steps: int = 0
+    leak_peak: float = 0.0
+
+    @classmethod
+    def create(cls, serial: str, seed: int) -> GasSensorModel:
+        return cls(serial, random.Random(f"{seed}:{serial}"))
+
+    def step(self, now_s: float) -> dict[str, Any]:
+        rng = self.rng
+        if self.leak_steps == 0 and rng.random() < 0.08:
+            self.leak_steps = rng.randint(4, 10)  # a leak starts
+            self.leak_peak = rng.choice((450.0, 650.0, 950.0))
+        if self.leak_steps > 0:
+            self.leak_steps -= 1
+            self.leak = self.leak_peak if self.leak_steps > 1 else 0.0
+        self.ppm = max(0.0, self.ppm + rng.gauss(0, 6) + (120.0 - self.ppm) * 0.2)
+        return {
+            "serial_number": self.serial,
+            "gas_type": "CH4",
+            "gas_val": round(self.ppm + self.leak),
+            "temp_raw": round(215 + rng.gauss(0, 3)),
+            "hum_raw": round(470 + rng.gauss(0, 8)),
+            "time": int(now_s),
+            "crc": f"{rng.getrandbits(16):04x}",
+            "fw": "2.1.0",
+        }

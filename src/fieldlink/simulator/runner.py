@@ -181,7 +181,13 @@ class SimulatedDevice:
 
     async def stop(self) -> None:
         if self.mqtt_connected:
-            info = self.client.publish(self._topic("status"), "offline", qos=1, retain=True)
+            # Going away on purpose: say so (a plain "offline" is the last will's).
+            info = self.client.publish(
+                self._topic("status"),
+                b'{"status":"offline","reason":"clean_disconnect"}',
+                qos=1,
+                retain=True,
+            )
             with contextlib.suppress(Exception):
                 await self._wait_puback(info)
         self.client.disconnect()
