@@ -1,7 +1,7 @@
 """fieldlink benchmark: real MQTT in, real WebSocket clients out, on this machine.
 
     python bench/run.py [a|b|c|selfcheck|fleet|commands|all] [--quick]
-                        [--backend sqlite|pg|pg2] [--protocol native|socketio]
+                        [--backend sqlite|pg|pg2] [--protocol native|socketio] [--rules N]
 
 Starts its own mosquitto and `fieldlink serve` on free ports, a client fleet
 (bench/wsclients.py) and a load generator (bench/loadgen.py) as separate processes, and
@@ -59,6 +59,7 @@ class Stack:
     """mosquitto + hub(s) (+ PostgreSQL and Redis), started fresh for each scenario."""
 
     backend = "sqlite"
+    rules = 0  # alert rules to create before the run (--rules), all watching every device
 
     def __init__(self) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="fieldlink-bench-")
@@ -109,6 +110,7 @@ class Stack:
         for port in self.http_ports:
             wait_port(port, 60)
         self.token = (d / "data0" / "admin.token").read_text().strip()
+        self._create_rules()
         self.ws_ports = ",".join(str(p) for p in self.http_ports)
         self.rss_peak = 0
         self._sampling = True
@@ -123,6 +125,23 @@ class Stack:
             except psutil.Error:
                 return
             time.sleep(0.2)
+
+    def _create_rules(self) -> None:
+        """``rules`` alert rules over the load generator's metrics (power_kw 3.25, soc 55.5)
+        whose thresholds the readings never reach: the steady cost of evaluating them."""
+        for i in range(self.rules):
+            if i % 2:
+                rule = {"metric": "soc", "op": "<", "clear": 20,
+                        "levels": [{"name": "warning", "threshold": 10 - i * 0.1}]}
+            else:
+                rule = {"metric": "power_kw", "op": ">", "clear": 90 + i,
+                        "levels": [{"name": "alarm_level_1", "threshold": 100 + i},
+                                   {"name": "alarm_level_2", "threshold": 200 + i}]}
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.http_port}/api/alert-rules", data=json.dumps(rule).encode(),
+                headers={"Authorization": f"Bearer {self.token}",
+                         "Content-Type": "application/json"}, method="POST")
+            urllib.request.urlopen(request).read()
 
     def metrics(self) -> dict[str, float]:
         """Every instance's counters, summed."""
@@ -420,15 +439,18 @@ def main() -> None:
                    help="sqlite: one instance; pg: PostgreSQL + Redis; pg2: two instances")
     p.add_argument("--protocol", default="native", choices=["native", "socketio"],
                    help="the clients' protocol: native /ws, or Socket.IO over WebSocket")
+    p.add_argument("--rules", type=int, default=0,
+                   help="alert rules watching every device, evaluated on every record")
     a = p.parse_args()
     Stack.backend = a.backend
+    Stack.rules = a.rules
     Clients.protocol = a.protocol
     runs = {"selfcheck": selfcheck, "a": scenario_a, "b": scenario_b, "c": scenario_c,
             "fleet": fleet_query, "commands": commands}
     chosen = [n for n in runs if n != "fleet"] if a.which == "all" else [a.which]
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "command": " ".join(sys.argv), "backend": a.backend,
-                               "protocol": a.protocol,
+                               "protocol": a.protocol, "rules": a.rules,
                                "results": []}
     print(json.dumps(results["machine"]))
     for name in chosen:

@@ -6,7 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from fieldlink.api.common import Callers, parse_time, read_body_limited, readable_device
+from fieldlink.api.common import (
+    Callers,
+    parse_time,
+    read_body_limited,
+    readable_device,
+    readable_records,
+)
 from fieldlink.api.context import ApiContext
 from fieldlink.core.access import Principal, can_command, can_manage
 from fieldlink.core.alerts import AlertState
@@ -74,7 +80,7 @@ def router(ctx: ApiContext, callers: Callers) -> APIRouter:
         state: str | None = Query(None),
         limit: int = Query(500, ge=1, le=5000),
     ) -> dict[str, Any]:
-        readable_device(ctx.views, device_id, p)
+        readable_records(ctx.registry.owner_of(device_id), device_id, p)
         found = await ctx.store.list_alerts(device_id=device_id, states=_states(state), limit=limit)
         return {"device_id": device_id, "alerts": [a.to_dict() for a in found]}
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from fieldlink.api.common import Callers, read_body_limited, readable_device
+from fieldlink.api.common import Callers, read_body_limited, readable_records
 from fieldlink.api.context import ApiContext
 from fieldlink.core.access import Principal, can_read
 from fieldlink.core.codec import decode_json
@@ -45,8 +45,8 @@ def router(ctx: ApiContext, callers: Callers) -> APIRouter:
         command_id: str, p: Principal = Depends(callers.caller)
     ) -> dict[str, Any]:
         command = await commands.get(command_id)
-        device = ctx.registry.get(command.device_id)
-        if device is None or not can_read(p, device.tenant_id):
+        owner = ctx.registry.owner_of(command.device_id)
+        if owner is None or not can_read(p, owner):
             raise NotFound(f"command {command_id!r} not found")
         return command.to_dict()
 
@@ -57,7 +57,7 @@ def router(ctx: ApiContext, callers: Callers) -> APIRouter:
         limit: int = Query(100, ge=1, le=1000),
     ) -> dict[str, Any]:
         """The device's command log, newest first."""
-        readable_device(ctx.views, device_id, p)
+        readable_records(ctx.registry.owner_of(device_id), device_id, p)
         log_rows = await ctx.store.list_commands(device_id, limit)
         return {"device_id": device_id, "commands": [c.to_dict() for c in log_rows]}
 

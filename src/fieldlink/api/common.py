@@ -76,6 +76,13 @@ class Callers:
         return principal
 
 
+def readable_records(owner: str | None, device_id: str, principal: Principal) -> None:
+    """History, commands and alerts of a device (registered, or deleted with its history
+    kept): 404 alike for unknown devices and other tenants'. ``owner``: its tenant."""
+    if owner is None or not can_read(principal, owner):
+        raise NotFound(f"device {device_id!r} is not registered")
+
+
 def readable_device(views: DeviceViews, device_id: str, principal: Principal) -> dict[str, Any]:
     """The device's summary; 404 alike for unknown devices and other tenants' devices."""
     device = views.get(device_id)

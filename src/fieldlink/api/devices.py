@@ -8,7 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from fieldlink.api.common import Callers, parse_time, read_body_limited, readable_device
+from fieldlink.api.common import (
+    Callers,
+    parse_time,
+    read_body_limited,
+    readable_device,
+    readable_records,
+)
 from fieldlink.api.context import ApiContext
 from fieldlink.core import buckets
 from fieldlink.core.access import Principal, can_command, can_manage
@@ -163,7 +169,7 @@ def router(ctx: ApiContext, callers: Callers) -> APIRouter:
         agg: str = Query("avg", description="avg|min|max|last|count (with bucket)"),
         order: str = Query("asc", pattern="^(asc|desc)$"),
     ) -> dict[str, Any]:
-        readable_device(views, device_id, p)
+        readable_records(registry.owner_of(device_id), device_id, p)
         end_ms = parse_time(end, ctx.clock_ms() + 1, "end")
         start_ms = parse_time(start, end_ms - 3_600_000, "start")
         if bucket is not None:
@@ -194,7 +200,7 @@ def router(ctx: ApiContext, callers: Callers) -> APIRouter:
     async def device_latest(
         device_id: str, p: Principal = Depends(callers.caller)
     ) -> dict[str, Any]:
-        readable_device(views, device_id, p)
+        readable_records(registry.owner_of(device_id), device_id, p)
         record = ctx.cache.get_latest(device_id, ctx.clock_ms())
         source = "cache"
         if record is None:

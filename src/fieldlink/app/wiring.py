@@ -375,6 +375,7 @@ def build(settings: Settings) -> Runtime:
     bus.subscribe(replica.apply, remote_only=True)
     bus.subscribe(commands.on_event)
     bus.subscribe(alerts.on_event)
+    bus.subscribe(ingestor.on_event)
     bus.subscribe(hub.publish)
     bus.on_resume(replica.resume)
     auth = HttpAuth(

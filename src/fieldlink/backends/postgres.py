@@ -490,6 +490,11 @@ class PostgresStore:
         return status.endswith(" 1")
 
     async def delete_device(self, device_id: str, purge: bool) -> int:
+        # Device rows are upserted by the writer task: let it commit what was queued before
+        # this call (an empty write is a barrier), and forget rows held for a retry, so no
+        # earlier upsert can bring the device back after the DELETE.
+        await self.write([])
+        self._devices_unsaved = [row for row in self._devices_unsaved if row[0] != device_id]
         await self._execute("DELETE FROM devices WHERE id = $1", device_id)
         if not purge:
             return 0

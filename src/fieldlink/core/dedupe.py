@@ -33,6 +33,13 @@ class DedupeWindow:
             self._seen.discard(self._order.popleft())
         return True
 
+    def forget_device(self, device_id: str) -> int:
+        """Drop every pair of one device (it was deleted: its history may be gone). O(window);
+        the eviction order keeps stale slots, which is harmless. Returns how many."""
+        mine = [key for key in self._seen if key[0] == device_id]
+        self._seen.difference_update(mine)
+        return len(mine)
+
     def forget(self, device_id: str, seq: int) -> None:
         """Drop a pair whose record was not stored, so its redelivery is accepted. (Its slot in
         the eviction order stays; evicting it later is harmless.)"""

@@ -134,7 +134,11 @@ class DeviceChanged(_DeviceEvent, frozen=True, tag="device"):
 
     @property
     def channels(self) -> tuple[str, ...]:
-        return channels.for_device_change(self.device_id, self.tenant_id, self.kind)
+        names = channels.for_device_change(self.device_id, self.tenant_id, self.kind)
+        if self.changes and "kind" in self.changes:  # it left a kind: that kind hears it too
+            old_kind = str(self.changes["kind"][0])
+            names = (*names[:3], channels.KIND_PREFIX + old_kind, *names[3:])
+        return names
 
     def data(self) -> dict[str, Any]:
         body: dict[str, Any] = {

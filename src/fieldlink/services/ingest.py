@@ -21,7 +21,7 @@ from fieldlink.core.access import DEFAULT_TENANT
 from fieldlink.core.codec import DEFAULT_LIMITS, Limits, decode_json, validate_record
 from fieldlink.core.dedupe import DedupeWindow
 from fieldlink.core.errors import DependencyDown, DeviceRefused, ValidationError
-from fieldlink.core.events import TelemetryAccepted
+from fieldlink.core.events import DeviceAction, DeviceChanged, DomainEvent, TelemetryAccepted
 from fieldlink.core.measures import Measure, measures_of
 from fieldlink.core.model import Record
 from fieldlink.core.ratelimit import RateLimiter
@@ -234,6 +234,12 @@ class Ingestor:
         self.presence.activity(device_id, now_ms)
         self.bus.publish(TelemetryAccepted(record))
         return True
+
+    def on_event(self, event: DomainEvent) -> None:
+        """Bus handler: a deleted device's ``(device, seq)`` pairs leave the dedupe window (its
+        history may have been purged; the store's unique index still refuses real repeats)."""
+        if isinstance(event, DeviceChanged) and event.action is DeviceAction.DELETED:
+            self.dedupe.forget_device(event.device_id)
 
     async def settled(self) -> None:
         """Wait until no write is in flight."""

@@ -23,6 +23,8 @@ from fieldlink.core.measures import Measure
 from fieldlink.core.model import Device
 from fieldlink.ports import Bus, CredentialDirectory, Store
 
+DELETED_DOC = "deleted_device"
+
 
 class DeviceExists(Conflict):
     code = "device_exists"
@@ -44,11 +46,20 @@ class DeviceRegistry:
         self.credentials = credentials
         self.clock_ms = clock_ms
         self.devices: dict[str, Device] = {}
+        # Deleted devices' tenants: their history and commands stay readable by that tenant.
+        self.deleted: dict[str, str] = {}
 
     async def load(self) -> None:
         """Load the registry from the store (once, at start)."""
         for device in await self.store.list_devices():
             self.devices[device.id] = device
+        for device_id, doc in await self.store.list_docs(DELETED_DOC):
+            self.deleted[device_id] = str(doc["tenant"])
+
+    def owner_of(self, device_id: str) -> str | None:
+        """The tenant whose records these are: the device's, or a deleted device's last one."""
+        device = self.devices.get(device_id)
+        return device.tenant_id if device is not None else self.deleted.get(device_id)
 
     def get(self, device_id: str) -> Device | None:
         return self.devices.get(device_id)
@@ -138,13 +149,18 @@ class DeviceRegistry:
         if device is None:
             raise NotFound(f"device {device_id!r} is not registered")
         purged = await self.store.delete_device(device_id, purge)
+        await self.store.put_doc(
+            DELETED_DOC, device_id, {"tenant": device.tenant_id, "deleted": self.clock_ms()}
+        )
         self.devices.pop(device_id, None)
+        self.deleted[device_id] = device.tenant_id
         self._publish(device, DeviceAction.DELETED)
         return purged
 
-    def forget(self, device_id: str) -> None:
+    def forget(self, device_id: str, tenant_id: str) -> None:
         """Another instance deleted the device."""
         self.devices.pop(device_id, None)
+        self.deleted[device_id] = tenant_id
 
     def assign_tenant(self, device_id: str, tenant_id: str) -> None:
         """New credentials moved a registered device to ``tenant_id``."""

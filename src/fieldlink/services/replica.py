@@ -69,7 +69,7 @@ class Replica:
                     )
                 )
         elif isinstance(event, DeviceChanged) and event.action is DeviceAction.DELETED:
-            self.registry.forget(event.device_id)
+            self.registry.forget(event.device_id, event.tenant_id)
         elif isinstance(event, DeviceChanged):
             self.registry.adopt(
                 Device(
