@@ -124,7 +124,8 @@ class EngineApp(Protocol):
     def closed(self, socket: EngineSocket, reason: str) -> None: ...
 
     def upgraded(self, socket: EngineSocket) -> None:
-        """The session moved from polling to WebSocket."""
+        """The session is moving from polling to WebSocket: from now on render for the
+        WebSocket (whatever is written meanwhile is re-framed and sent after it)."""
 
 
 Authenticate = Callable[[dict[str, str], str], Principal | None]
@@ -137,6 +138,8 @@ CheckOrigin = Callable[[str | None], None]
 
 class _NoRenderer:
     """Placeholder until the application picks a renderer: carries nothing."""
+
+    family = "none"
 
     def body(self, event: object) -> None:
         return None
@@ -329,8 +332,10 @@ class EngineSocket:
         self._release_poll()
 
     def upgrade(self, websocket: EngineWebSocket) -> None:
-        """``5``: from now on the session lives on ``websocket``; what was queued for polling
-        goes out there first."""
+        """``5``: from now on the session lives on ``websocket``. The application moves its
+        output to the WebSocket form first (what it still had rendered for polling lands in
+        the polling queue), then everything queued goes out on the WebSocket, in order."""
+        self.server.app.upgraded(self)
         queued, self._queue = self._queue, []
         self._queued_bytes = 0
         self.websocket = websocket
@@ -342,7 +347,6 @@ class EngineSocket:
                 websocket.write_binary(base64.b64decode(data[1:]))
             else:
                 websocket.write(b"".join(text_frame(p) for p in data.split(SEPARATOR)))
-        self.server.app.upgraded(self)
 
 
 # ---- the WebSocket transport ------------------------------------------------------------

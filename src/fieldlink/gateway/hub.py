@@ -51,7 +51,10 @@ ConflationKey = tuple[str, str, str]  # (channel, event type, key)
 
 
 class Renderer(Protocol):
-    """One client protocol's view of domain events. Renderers are stateless and shared."""
+    """One client protocol's view of domain events. Renderers are stateless and shared.
+    Renderers of one ``family`` make the same payloads and differ only in ``frames``."""
+
+    family: str
 
     def body(self, event: DomainEvent) -> bytes | None:
         """The event's body in this protocol, computed once per event; None if the protocol
@@ -431,6 +434,7 @@ class Hub:
         form; everything after arrives in the new."""
         if self._dirty:
             self.flush()
+        same_payloads = member.renderer.family == renderer.family
         member.renderer = renderer
         for name, old in list(member.subscriptions.items()):
             old.members.discard(member)
@@ -440,6 +444,15 @@ class Hub:
             audience = channel.audience(renderer, old.throttle_s)
             audience.members.add(member)
             member.subscriptions[name] = audience
+            if old.held and same_payloads:
+                # Events a throttle holds back are due to this member too: they move with it
+                # (another family would need them rendered again; the next ones will be).
+                for key, payload in old.held.items():
+                    audience.held.setdefault(key, payload)
+                if audience.timer is None:
+                    loop = self._loop or asyncio.get_running_loop()
+                    self._loop = loop
+                    audience.timer = loop.call_later(audience.throttle_s, self._release, audience)
 
     def close_private(self, name: str) -> None:
         """The channel has had its last event: forget it once that is surely flushed."""

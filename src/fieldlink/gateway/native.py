@@ -50,6 +50,8 @@ def frames_for(payloads: list[bytes]) -> bytes:
 class NativeRenderer:
     """Domain events as native ``/ws`` messages (``hub.Renderer``)."""
 
+    family = "native"
+
     def body(self, event: DomainEvent) -> bytes:
         return orjson.dumps(event.data())
 

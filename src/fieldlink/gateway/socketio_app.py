@@ -144,6 +144,7 @@ class SioRenderer:
     def __init__(self, vocabulary: Vocabulary, websocket: bool) -> None:
         self.vocabulary = vocabulary
         self.websocket = websocket
+        self.family = f"socketio:{vocabulary}"  # polling and WebSocket share payloads
 
     def body(self, event: DomainEvent) -> bytes | None:
         rendered = render(self.vocabulary, event)
@@ -245,9 +246,7 @@ class FieldlinkNamespace:
         self.limiter.forget(client.socket)
 
     def upgraded(self, client: Client) -> None:
-        self.hub.switch_renderer(
-            client.socket, renderer_for(client.data["vocabulary"], client.socket)
-        )
+        self.hub.switch_renderer(client.socket, RENDERERS[(client.data["vocabulary"], True)])
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -361,7 +360,11 @@ class FieldlinkNamespace:
                 and room in socket.subscriptions
                 and (room == channels.tenant(device.tenant_id) or room == channels.ALL)
             ):
-                return  # its tenant room already carries this device's events
+                # Its tenant room already carries this device's events (joining the device
+                # too would send each twice); a throttle asked for applies to the room.
+                if isinstance(arg, dict) and "throttleMs" in arg:
+                    self.hub.join(socket, room, self._throttle(client, arg))
+                return
             self.hub.join(socket, channel, self._throttle(client, arg))
             return
         raise ValidationError(

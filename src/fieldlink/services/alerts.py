@@ -128,6 +128,11 @@ class AlertService:
         self._drop_rule(rule.id)
         self.rules[rule.id] = rule
         self._index.setdefault(rule.tenant_id, {}).setdefault(rule.metric, []).append(rule)
+        # A replaced rule keeps its open alerts: they clear or escalate under the new one.
+        for (rule_id, device_id), alert in self._by_pair.items():
+            if rule_id == rule.id:
+                level = min(alert.level_index, len(rule.levels) - 1)
+                self._states[(rule_id, device_id)] = RuleState(level=level)
 
     def _drop_rule(self, rule_id: str) -> None:
         old = self.rules.pop(rule_id, None)
@@ -183,9 +188,19 @@ class AlertService:
         return rule
 
     async def delete_rule(self, rule_id: str) -> None:
+        """Remove the rule; its open alerts are cleared (nothing would ever clear them)."""
         await self.store.put_doc(RULE_DOC, rule_id, {"deleted": True, "tenant": "", "rule": None})
         self._drop_rule(rule_id)
         self.bus.publish(RuleChanged(rule_id, "", None))
+        now_ms = self.clock_ms()
+        for alert in await self.store.list_alerts(states=["active", "acknowledged"], limit=100_000):
+            if alert.rule_id != rule_id:
+                continue
+            done = cleared(alert, Transition(Move.CLEAR, -1, alert.value, now_ms))
+            if await self.store.replace_alert(done, alert.version):
+                self.counters.cleared += 1
+                self._by_pair.pop((rule_id, alert.device_id), None)
+                self._publish(done)
 
     # ---- the bus ------------------------------------------------------------------------
 
