@@ -699,6 +699,19 @@ async def test_a_client_on_one_instance_gets_records_ingested_by_the_other(  # t
         await publish(mqttc, f"edge/{device}/telemetry", {"seq": n + 1, "v": n + 1})
         await sio.inbox.wait_for("device:data", of_seq(device, n + 1), within=15)
         taken = (one.runtime.ingestor.counters.received, two.runtime.ingestor.counters.received)
+        # A polling request that a load balancer sends to the wrong instance: the protocol's
+        # "Session ID unknown", and both instances keep serving.
+        async with httpx.AsyncClient(timeout=5) as http:
+            opened = await http.get(f"{one.http_url}/socket.io/?EIO=4&transport=polling")
+            sid = json.loads(opened.text[1:])["sid"]
+            elsewhere = await http.get(f"{two.http_url}/socket.io/?EIO=4&transport=polling&sid={sid}")
+            assert elsewhere.status_code == 400
+            assert elsewhere.json() == {"code": 1, "message": "Session ID unknown"}
+            home = await http.post(f"{one.http_url}/socket.io/?EIO=4&transport=polling&sid={sid}",
+                                   content=b"1")  # close it cleanly where it lives
+            assert home.status_code == 200
+            for hub in (one, two):
+                assert (await http.get(f"{hub.http_url}/health")).status_code == 200
 
     print(f"records ingested by instance one/two: {taken}")
     assert sum(taken) == n + 2
