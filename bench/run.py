@@ -209,6 +209,10 @@ class Clients:
             time.sleep(0.05)
         return time.monotonic() - start
 
+    def cpu_s(self) -> float:
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write("quit\n")
@@ -240,13 +244,14 @@ def caught_up(stack: Stack, sent_total: float, timeout: float) -> tuple[bool, fl
 
 def step(stack: Stack, clients: Clients, devices: int, rate: float, duration: float,
          expected_for: Any, sent_before: float) -> dict[str, Any]:
-    cpu0 = stack.hub_cpu_s()
+    cpu0, clients_cpu0 = stack.hub_cpu_s(), clients.cpu_s()
     pub = publish(stack, devices, rate, duration, int(sent_before) + 1)
     ok, lag_s, m = caught_up(stack, sent_before + pub["sent"], 30)
     expected = expected_for(pub)
     waited = clients.drain(sum(expected), 10)
     stats = clients.ask("stats")
     cpu = stack.hub_cpu_s() - cpu0
+    clients_cpu = clients.cpu_s() - clients_cpu0
     lost = sum(max(0, e - c) for e, c in zip(expected, stats["counts"], strict=True))
     dropped = sum(v for k, v in m.items() if k.startswith("fieldlink_ingest_dropped_total"))
     return {
@@ -260,7 +265,8 @@ def step(stack: Stack, clients: Clients, devices: int, rate: float, duration: fl
         "received_total": m.get("fieldlink_ingest_received_total"),
         "dropped_total": dropped, "conflated_total": m.get("fieldlink_ws_conflated_total"),
         "slow_disconnects": m.get("fieldlink_ws_slow_disconnects_total"),
-        "hub_cpu_s": round(cpu, 2), "hub_rss_peak_mb": round(stack.rss_peak / 2**20, 1),
+        "hub_cpu_s": round(cpu, 2), "clients_cpu_s": round(clients_cpu, 2),
+        "hub_rss_peak_mb": round(stack.rss_peak / 2**20, 1),
     }
 
 
@@ -415,7 +421,7 @@ def summary_line(r: dict[str, Any]) -> str:
             f"p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms max {r['max_ms']:.1f} ms "
             f"caught-up {r['ingest_caught_up']} (lag {r['ingest_lag_s']} s) "
             f"dropped {r['dropped_total']:.0f} "
-            f"hub cpu {r['hub_cpu_s']} s rss {r['hub_rss_peak_mb']} MB")
+            f"hub cpu {r['hub_cpu_s']} s clients cpu {r.get('clients_cpu_s')} s rss {r['hub_rss_peak_mb']} MB")
 
 
 def machine() -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """WebSocket client fleet for the benchmark: N raw connections in one uvloop process.
 
-Each client performs the handshake by hand and subscribes. Latency clients (the first
-``--latency-clients``, default 50) parse every frame (a single event or a JSON array of events),
+Each client performs the handshake by hand and subscribes. Latency clients (``--latency-clients``,
+default 50, spread evenly over the fleet) parse every frame (a single event or a JSON array of events),
 count telemetry events and record end-to-end latency (receive time minus the publisher's ``t``)
 in a fixed histogram (100 µs bins up to 10 s). The other clients count telemetry events exactly,
 without parsing JSON, by counting ``"type":"telemetry"`` in the byte stream (the bench payloads
@@ -257,6 +257,10 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     all_ready = asyncio.Event()
     clients: list[Client] = []
+    # Latency clients are spread over the fleet (every ``spread``-th connection): the hub
+    # writes to an audience's members in set order, so the first N connections would measure
+    # one end of every flush only.
+    spread = max(1, a.clients // max(1, a.latency_clients))
     for i in range(a.clients):
         if a.subscribe == "all":
             channel = "all"
@@ -264,7 +268,8 @@ async def main() -> None:
             devices = int(a.subscribe.split(":")[1])
             channel = f"device:{a.device_prefix}-{i % devices:04d}"
         _, proto = await loop.create_connection(
-            lambda ch=channel, m=i < a.latency_clients: Client(path, ch, all_ready, a.clients, m),
+            lambda ch=channel, m=i % spread == 0 and i // spread < a.latency_clients: Client(
+                path, ch, all_ready, a.clients, m),
             "127.0.0.1", ports[i % len(ports)])
         clients.append(proto)
     await asyncio.wait_for(all_ready.wait(), 60)

@@ -7,7 +7,7 @@ import pytest
 
 from fieldlink.core.alerts import AlertState, AlreadyCleared, acknowledged, cleared, escalated, raised
 from fieldlink.core.errors import ValidationError
-from fieldlink.core.rules import Move, Op, RuleState, evaluate, parse_rule
+from fieldlink.core.rules import Move, Op, RuleGroup, RuleState, breach_level, evaluate, parse_rule
 
 GAS = {"metric": "gas_ppm", "op": ">", "clear": 380,
        "levels": [{"name": "alarm_level_1", "threshold": 400}, {"name": "alarm_level_2", "threshold": 800}]}
@@ -102,3 +102,20 @@ def test_lifecycle_moves() -> None:
     with pytest.raises(AlreadyCleared):
         acknowledged(done, "alice", None, 10)
     assert done.from_dict(done.to_dict()) == done
+
+
+def test_a_rule_group_passes_over_only_readings_no_rule_could_act_on() -> None:
+    up = parse_rule({"metric": "t", "op": ">", "clear": 40,
+                     "levels": [{"name": "warning", "threshold": 50}]}, rule_id="u", tenant_id="t")
+    up2 = parse_rule({"metric": "t", "op": ">=", "clear": 60,
+                      "levels": [{"name": "warning", "threshold": 70}]}, rule_id="u2", tenant_id="t")
+    down = parse_rule({"metric": "t", "op": "<", "clear": 15,
+                       "levels": [{"name": "warning", "threshold": 10}]}, rule_id="d", tenant_id="t")
+    group = RuleGroup.of([up, up2, down])
+    for value in (-5.0, 0.0, 10.0, 10.5, 30.0, 49.9, 50.0, 50.1, 70.0, 1e9):
+        breaches = any(breach_level(rule, value) >= 0 for rule in group.rules)
+        # never skips a breach (the pre-check may let a non-breach through: 50 == floor)
+        assert group.might_breach(value) or not breaches, value
+    assert not group.might_breach(30.0)
+    assert group.might_breach(9.0) and group.might_breach(50.5)
+    assert not RuleGroup.of([]).might_breach(0.0)

@@ -15,7 +15,9 @@ the same way, so they raise the same alerts for the same records.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -224,6 +226,27 @@ class Transition:
     level: int  # the level index after the move (-1 for a clear)
     value: float
     ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RuleGroup:
+    """The rules of one tenant over one metric, with the loosest first-level thresholds, so
+    that a reading no rule could act on is passed over with two comparisons."""
+
+    rules: tuple[AlertRule, ...]
+    up_floor: float  # an upward rule may breach at or above this (inf when none)
+    down_ceiling: float  # a downward rule may breach at or below this (-inf when none)
+
+    @classmethod
+    def of(cls, rules: Sequence[AlertRule]) -> RuleGroup:
+        up = [r.levels[0].threshold for r in rules if r.op.upward]
+        down = [r.levels[0].threshold for r in rules if not r.op.upward]
+        return cls(tuple(rules), min(up, default=math.inf), max(down, default=-math.inf))
+
+    def might_breach(self, value: float) -> bool:
+        """False when the value breaches no rule's mildest level (a device with no open or
+        pending alert on these rules then needs no evaluation)."""
+        return value >= self.up_floor or value <= self.down_ceiling
 
 
 def breach_level(rule: AlertRule, value: float) -> int:

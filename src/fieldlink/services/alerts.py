@@ -33,6 +33,7 @@ from fieldlink.core.model import Record
 from fieldlink.core.rules import (
     AlertRule,
     Move,
+    RuleGroup,
     RuleState,
     Transition,
     breach_level,
@@ -92,10 +93,13 @@ class AlertService:
         self.counters = AlertCounters()
         self.rules: dict[str, AlertRule] = {}
         # tenant -> metric -> rules: the hot path's index
-        self._index: dict[str, dict[str, list[AlertRule]]] = {}
+        self._index: dict[str, dict[str, RuleGroup]] = {}
         self.open: dict[str, Alert] = {}  # open alerts by id (every instance, from events)
         self.leader = False
         self._states: dict[tuple[str, str], RuleState] = {}
+        # (device, metric) pairs with a state under some rule: only these need a full
+        # evaluation of a reading that breaches no first level
+        self._watched: set[tuple[str, str]] = set()
         self._by_pair: dict[tuple[str, str], Alert] = {}  # the leader's open alert per pair
         self._moves: asyncio.Queue[tuple[AlertRule, str, Transition]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -127,19 +131,35 @@ class AlertService:
     def _set_rule(self, rule: AlertRule) -> None:
         self._drop_rule(rule.id)
         self.rules[rule.id] = rule
-        self._index.setdefault(rule.tenant_id, {}).setdefault(rule.metric, []).append(rule)
+        self._reindex(rule.tenant_id, rule.metric)
         # A replaced rule keeps its open alerts: they clear or escalate under the new one.
         for (rule_id, device_id), alert in self._by_pair.items():
             if rule_id == rule.id:
                 level = min(alert.level_index, len(rule.levels) - 1)
-                self._states[(rule_id, device_id)] = RuleState(level=level)
+                self._keep_state(rule, device_id, RuleState(level=level))
+
+    def _reindex(self, tenant_id: str, metric: str) -> None:
+        by_metric = self._index.setdefault(tenant_id, {})
+        rules = [r for r in self.rules.values() if r.tenant_id == tenant_id and r.metric == metric]
+        if rules:
+            by_metric[metric] = RuleGroup.of(rules)
+        else:
+            by_metric.pop(metric, None)
+
+    def _keep_state(self, rule: AlertRule, device_id: str, state: RuleState) -> RuleState:
+        self._states[(rule.id, device_id)] = state
+        self._watched.add((device_id, rule.metric))
+        return state
+
+    def _forget_states(self) -> None:
+        self._states.clear()
+        self._watched.clear()
 
     def _drop_rule(self, rule_id: str) -> None:
         old = self.rules.pop(rule_id, None)
         if old is None:
             return
-        by_metric = self._index.get(old.tenant_id, {})
-        by_metric[old.metric] = [r for r in by_metric.get(old.metric, []) if r.id != rule_id]
+        self._reindex(old.tenant_id, old.metric)
         for key in [k for k in self._states if k[0] == rule_id]:
             del self._states[key]
 
@@ -235,11 +255,16 @@ class AlertService:
         states = self._states
         device_id = record.device_id
         kind: str | None = None
+        watched = self._watched
         for metric, value in record.metrics.items():
-            rules = by_metric.get(metric)
-            if not rules or value.__class__ not in (int, float):
+            group = by_metric.get(metric)
+            if group is None or value.__class__ not in (int, float):
                 continue
-            for rule in rules:
+            if not group.might_breach(value) and (device_id, metric) not in watched:
+                # the common case: nothing breached and nothing open or pending
+                self.counters.evaluated += len(group.rules)
+                continue
+            for rule in group.rules:
                 if rule.scope_value:
                     if kind is None:
                         device = self.devices.get(device_id)
@@ -252,7 +277,7 @@ class AlertService:
                 if state is None:
                     if breach_level(rule, value) < 0:
                         continue  # the common case: nothing breached, nothing open
-                    state = states[key] = RuleState()
+                    state = self._keep_state(rule, device_id, RuleState())
                 move = evaluate(rule, state, float(value), record.ts_ms)
                 if move is not None:
                     self._moves.put_nowait((rule, device_id, move))
@@ -280,17 +305,19 @@ class AlertService:
             elif not held and self.leader:
                 log.warning("this instance no longer evaluates alerts (lease lost)")
                 self.leader = False
-                self._states.clear()
+                self._forget_states()
                 self._by_pair.clear()
             await asyncio.sleep(interval_s)
 
     async def _take_over(self) -> None:
-        self._states.clear()
+        self._forget_states()
         self._by_pair.clear()
         for alert in await self.store.open_alerts():
             self.open[alert.id] = alert
             self._by_pair[(alert.rule_id, alert.device_id)] = alert
-            self._states[(alert.rule_id, alert.device_id)] = RuleState(level=alert.level_index)
+            rule = self.rules.get(alert.rule_id)
+            if rule is not None:
+                self._keep_state(rule, alert.device_id, RuleState(level=alert.level_index))
         self.leader = True
         log.info("this instance evaluates alerts (%d open)", len(self._by_pair))
 
