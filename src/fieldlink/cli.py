@@ -129,6 +129,12 @@ def _settings(p: dict[str, object], http: int, mqtt: int) -> Settings:
         cache_ttl_s=float(p["cache_ttl"]),  # type: ignore[arg-type]
         flap_window_s=float(p["flap_window"]),  # type: ignore[arg-type]
         command_timeout_s=float(p["command_timeout"]),  # type: ignore[arg-type]
+        vpp_aggregate_hz=float(p["vpp_aggregate_hz"]),  # type: ignore[arg-type]
+        vpp_max_age_s=float(p["vpp_max_age"]),  # type: ignore[arg-type]
+        vpp_group_attribute=str(p["vpp_group_attribute"]),
+        vpp_approval=str(p["vpp_approval"]),
+        vpp_soc_min=float(p["vpp_soc_min"]),  # type: ignore[arg-type]
+        vpp_soc_max=float(p["vpp_soc_max"]),  # type: ignore[arg-type]
         allowed_origins=tuple(p["allowed_origin"] or ()),  # type: ignore[arg-type]
         anonymous_devices=bool(p["anonymous_devices"]),
         device_auth=bool(p["device_auth"]),
@@ -193,7 +199,8 @@ def up(
     demo: str | None = _opt(
         None,
         "set up a demo system with its devices: tenants (multi-tenant platform), gas (gas "
-        "sensors and alarms), drones (drone registry events)",
+        "sensors and alarms), drones (drone registry events), vpp (virtual power plant: "
+        "20 battery nodes, a demand-response event, manual approval)",
         "DEMO",
     ),
     interval: float = _opt(5.0, "simulated devices report every INTERVAL seconds", "INTERVAL"),
@@ -210,6 +217,27 @@ def up(
     ),
     command_timeout: float = _opt(
         10.0, "seconds a device has to answer a command (default per command)", "COMMAND_TIMEOUT"
+    ),
+    vpp_aggregate_hz: float = _opt(
+        2.0, "VPP: fleet aggregate events per second per tenant, at most", "VPP_AGGREGATE_HZ"
+    ),
+    vpp_max_age: float = _opt(
+        60.0, "VPP: seconds a node's latest reading counts towards coverage", "VPP_MAX_AGE"
+    ),
+    vpp_group_attribute: str = _opt(
+        "site", "VPP: the node meta attribute the aggregate groups by", "VPP_GROUP_ATTRIBUTE"
+    ),
+    vpp_approval: str = _opt(
+        "manual",
+        "VPP: agent proposals run at once (auto) or wait for an operator (manual); "
+        "default of every tenant's policy",
+        "VPP_APPROVAL",
+    ),
+    vpp_soc_min: float = _opt(
+        10.0, "VPP: dispatches never take a node below this SoC %", "VPP_SOC_MIN"
+    ),
+    vpp_soc_max: float = _opt(
+        95.0, "VPP: dispatches never take a node above this SoC %", "VPP_SOC_MAX"
     ),
     host: str = _opt("127.0.0.1", "HTTP bind address", "HOST"),
     log_level: str = _opt("warning", "debug, info, warning or error", "LOG_LEVEL"),

@@ -101,8 +101,31 @@ class Docs(Protocol):
     async def list_docs(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
         """``(key, doc)`` pairs of one kind, by key."""
 
+    async def swap_doc(
+        self, kind: str, key: str, doc: dict[str, Any], expected_version: int | None
+    ) -> bool:
+        """Compare-and-set on the documents' integer ``"version"`` field: store ``doc`` if the
+        stored document's version is ``expected_version`` (``None``: only if there is no
+        document under the key). True if it was stored; False (nothing written) otherwise.
+        Concurrent swaps from several instances on the same key: exactly one wins."""
 
-class Store(CommandLog, AlertLog, Leases, Docs, Protocol):
+
+class FleetPower(Protocol):
+    """The VPP's fleet power history (docs/vpp.md)."""
+
+    async def fleet_power(
+        self, start_ms: int, end_ms: int, bucket_ms: int, tenant_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per bucket with data, in time order: ``{"ts": bucket_start, "power_kw": P,
+        "nodes": N, "capacity_kw": C}``. A node is a device whose meta declares a positive
+        ``capacity_kw``. For each minute m, P(m) is the sum over the nodes that reported
+        ``power_kw`` in m of each node's average ``power_kw`` in m, N(m) the number of those
+        nodes and C(m) the sum of their capacities; a bucket's values are the means of P, N
+        and C over its minutes that have data. Range and bucket are whole minutes; one
+        tenant's nodes only when ``tenant_id`` is given."""
+
+
+class Store(CommandLog, AlertLog, Leases, Docs, FleetPower, Protocol):
     """Durable history and the device registry.
 
     Ordering: writes submitted in order are committed in order. ``write`` returns a future that
@@ -357,3 +380,13 @@ class OpenAlerts(Protocol):
         self, tenant_id: str | None = None, device_id: str | None = None
     ) -> list[Alert]:
         """Most severe and newest first."""
+
+
+class ProposalDecisions(Protocol):
+    """Operators' decisions on agent proposals (services/proposals.py)."""
+
+    async def decide(
+        self, proposal_id: str, principal: Principal, approve: bool, note: str | None = None
+    ) -> dict[str, Any]:
+        """Approve (and execute, once) or reject a pending proposal; ``Conflict`` when it was
+        decided already or has expired."""

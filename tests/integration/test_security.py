@@ -163,7 +163,7 @@ async def test_tenants_see_only_their_devices_on_rest(hub) -> None:  # type: ign
         latest = await alice.get("/api/devices/b-dev/telemetry/latest")
         command = await alice.post("/api/devices/b-dev/commands", json={"action": "idle"})
         log = await alice.get("/api/devices/b-dev/commands")
-        fleet = await alice.get("/api/fleet/telemetry", params={"agg": "sum"})
+        fleet = await alice.get("/api/fleet/telemetry", params={"agg": "count"})
         own = await alice.get("/api/devices/a-dev/telemetry")
     assert [d["device_id"] for d in listed] == ["a-dev"]
     for answer in (other, history, latest, log):
@@ -171,13 +171,13 @@ async def test_tenants_see_only_their_devices_on_rest(hub) -> None:  # type: ign
     # Commands refuse another tenant's device as unknown, over REST as over the WebSocket.
     assert command.status_code == 404 and command.json()["error"]["code"] == "unknown_device"
     assert absent.status_code == 404 and absent.json()["error"]["code"] == "not_found"
-    # The fleet chart is per tenant: alice's sums acme's one record only, not bolt's.
+    # The fleet chart is per tenant: alice's counts acme's one record only, not bolt's.
     assert fleet.status_code == 200
     assert [point.get("v") for point in fleet.json()["points"]] == [1.0]
     assert [p["v"] for p in own.json()["points"]] == [1.0]
     async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as admin:
         assert (await admin.get("/api/devices/b-dev/commands")).json()["commands"] == []
-        everyone = (await admin.get("/api/fleet/telemetry", params={"agg": "sum"})).json()
+        everyone = (await admin.get("/api/fleet/telemetry", params={"agg": "count"})).json()
     assert sum(point.get("v", 0) for point in everyone["points"]) == 2.0
     async with httpx.AsyncClient(base_url=hub.http_url, headers=bearer(t["carol"])) as carol:
         viewer = await carol.post("/api/devices/a-dev/commands", json={"action": "idle"})

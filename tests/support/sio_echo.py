@@ -107,7 +107,7 @@ async def main(port: int) -> None:
     }
     hub = Hub()
     native = NativeSession(hub=hub, snapshot=lambda channel: b"{}", devices=None,  # type: ignore[arg-type]
-                           commands=None, authenticator=None,  # type: ignore[arg-type]
+                           commands=None, proposals=None, authenticator=None,  # type: ignore[arg-type]
                            limiter=RateLimiter(50, 100), clock_ms=lambda: 0)
     app = Starlette(routes=[Mount(path.rstrip("/"), app=server) for path, server in engines.items()])
     config = uvicorn.Config(

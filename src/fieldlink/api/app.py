@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fieldlink import __version__
-from fieldlink.api import accounts, alerts, commands, devices, fleet, ingest, ops
+from fieldlink.api import accounts, alerts, commands, devices, fleet, ingest, ops, vpp
 from fieldlink.api.common import Callers, error_response
 from fieldlink.api.context import ApiContext
 from fieldlink.core.errors import FieldlinkError, HttpError, RateLimited, ValidationError
@@ -56,7 +56,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return error_response(FieldlinkError("internal error"))
 
     callers = Callers(ctx.auth)
-    for area in (ops, ingest, devices, commands, alerts, fleet, accounts):
+    for area in (ops, ingest, devices, commands, alerts, fleet, vpp, accounts):
         app.include_router(area.router(ctx, callers))
     for path, asgi in ctx.mounts:
         app.mount(path.rstrip("/"), asgi)
@@ -67,7 +67,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         allow_origins=sorted(ctx.auth.origins.exact),
         allow_origin_regex=ctx.auth.origins.regex(),
         allow_credentials=True,
-        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type"],
     )
     return app

@@ -8,6 +8,11 @@ or 2, and the two-level methane rule (app/demos/gas_*.toml).
 ``drones`` (drone fleet events, seed 002): three registered drones, the seed's register route,
 and Socket.IO also at ``/ws/events``.
 
+``vpp`` (the VPP aggregation platform, seeds 000 and 001): 20 battery nodes of mixed sizes in
+two sites reporting every 2 s, manual approval of agent proposals, and a demand-response event
+that starts 2 minutes after the hub (reduce 40 kW for 10 minutes), so the demand-response
+agent's proposal appears at once and waits for an operator.
+
 ``tenants`` (the multi-tenant platform, seed 004): tenants ``acme`` and ``bolt``, an operator
 and a viewer in ``acme`` and an operator in ``bolt``, each with a password; devices
 ``acme-001`` (acks commands), ``acme-002`` (fails them), ``acme-003`` (never answers: "Device
@@ -35,7 +40,7 @@ from fieldlink.core.access import Role
 from fieldlink.simulator.model import GasSensorModel, NodeModel
 from fieldlink.simulator.runner import CommandBehavior, SimulatedDevice
 
-DEMOS = ("tenants", "gas", "drones")
+DEMOS = ("tenants", "gas", "drones", "vpp")
 DEMO_FILES = resources.files("fieldlink.app.demos")
 
 
@@ -47,6 +52,8 @@ def demo_settings(settings: Settings) -> Settings:
             routes_file=settings.routes_file or Path(str(DEMO_FILES / "gas_routes.toml")),
             alert_rules_file=settings.alert_rules_file or Path(str(DEMO_FILES / "gas_rules.toml")),
         )
+    if settings.demo == "vpp":
+        return replace(settings, vpp_approval="manual")
     if settings.demo == "drones" and "/ws/events/" not in settings.socketio_paths:
         return replace(settings, socketio_paths=(*settings.socketio_paths, "/ws/events/"))
     return settings
@@ -235,5 +242,71 @@ async def drones(runtime: Runtime, http_port: int, say: Callable[[str], None]) -
     await asyncio.Event().wait()  # the registry is the demo: nothing to run
 
 
+VPP_NODES = 20
+VPP_DR = {"in_s": 120, "duration_s": 600, "reduce_kw": 40.0}
+
+
+async def vpp(runtime: Runtime, http_port: int, say: Callable[[str], None]) -> None:
+    """20 nodes in sites north and south, and a DR event 2 minutes ahead."""
+    base = f"http://{runtime.settings.http_host}:{http_port}"
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms + int(VPP_DR["in_s"] * 1000)
+    event = await runtime.agents.add_dr_event(
+        "default",
+        {
+            "start": start_ms,
+            "end": start_ms + int(VPP_DR["duration_s"] * 1000),
+            "reduce_kw": VPP_DR["reduce_kw"],
+        },
+        "demo",
+    )
+    say(
+        "\n".join(
+            [
+                "",
+                "demo: vpp (virtual power plant)",
+                f"  {VPP_NODES} battery nodes (5-50 kW) in sites north and south, every 2 s",
+                f"  DR event {event['id']}: reduce {VPP_DR['reduce_kw']:.0f} kW from 2 min"
+                f" after start, for {VPP_DR['duration_s'] // 60} min; approval: manual",
+                "  try it (TOKEN: the admin token above):",
+                f'    curl -H "Authorization: Bearer $TOKEN" {base}/api/vpp/state',
+                f'    curl -H "Authorization: Bearer $TOKEN" '
+                f'"{base}/api/vpp/proposals?state=pending"',
+                f'    curl -X POST -H "Authorization: Bearer $TOKEN" '
+                f"{base}/api/vpp/proposals/<id>/approve",
+                '    websocat -H "Authorization: Bearer $TOKEN" ws://'
+                f"{runtime.settings.http_host}:{http_port}/ws",
+                '      {"type":"subscribe","channel":"aggregate"}'
+                '  {"type":"subscribe","channel":"dispatch"}',
+                f"  docs: {base}/docs (REST), docs/vpp.md",
+                "",
+            ]
+        )
+    )
+    async with httpx.AsyncClient(base_url=base, timeout=5.0) as http:
+        fleet = []
+        for i in range(VPP_NODES):
+            model = NodeModel.create(f"node-{i + 1:02d}", seed=runtime.settings.simulate_seed)
+            model.site = "north" if i % 2 == 0 else "south"
+            fleet.append(
+                SimulatedDevice(
+                    model,
+                    mqtt_url=runtime.mqtt_url,
+                    http=http,
+                    prefix=runtime.settings.topic_prefix,
+                )
+            )
+        for device in fleet:
+            device.start()
+        try:
+            next_at = time.monotonic()
+            while True:
+                await asyncio.gather(*(device.tick() for device in fleet))
+                next_at += 2.0
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        finally:
+            await asyncio.gather(*(d.stop() for d in fleet), return_exceptions=True)
+
+
 DemoRunner = Callable[[Runtime, int, Callable[[str], None]], Coroutine[Any, Any, None]]
-RUNNERS: dict[str, DemoRunner] = {"tenants": tenants, "gas": gas, "drones": drones}
+RUNNERS: dict[str, DemoRunner] = {"tenants": tenants, "gas": gas, "drones": drones, "vpp": vpp}

@@ -41,6 +41,15 @@ class Settings:
     simulate_interval_s: float = 5.0
     simulate_seed: int = 1
     log_level: str = "info"
+    # ---- the virtual power plant (docs/vpp.md) ----
+    vpp_aggregate_hz: float = 2.0  # at most this many aggregate events per second per tenant
+    vpp_max_age_s: float = 60.0  # a node's latest reading counts for coverage this long
+    vpp_group_attribute: str = "site"  # device meta attribute that groups nodes
+    vpp_approval: str = "manual"  # default approval policy of agent proposals
+    vpp_soc_min: float = 10.0  # dispatches never take a node below / above these
+    vpp_soc_max: float = 95.0
+    vpp_agent_interval_s: float = 5.0
+    vpp_sample_s: float = 2.0  # a running dispatch records what it achieves this often
     command_timeout_s: float = 10.0  # default answer deadline of a command
     command_sweep_s: float = 0.1  # how often deadlines are enforced
     stop_timeout_s: float = 10.0  # how long shutdown waits for pending writes

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldlink.api.auth import HttpAuth
-from fieldlink.api.context import ApiContext
+from fieldlink.api.context import ApiContext, VppServices
 from fieldlink.api.http import HandshakeStats
 from fieldlink.api.metrics import metrics_registry
 from fieldlink.backends.memory import MemoryBus, MemoryCache, MemoryStore
@@ -38,6 +38,7 @@ from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.core.rules import AlertRule, parse_rule
 from fieldlink.core.status import StatusBook
 from fieldlink.core.topics import Route, TopicScheme, route_from_config
+from fieldlink.core.vpp import Approval, SocLimits
 from fieldlink.gateway.engineio import EngineServer, EngineSettings, EngineStats
 from fieldlink.gateway.hub import Hub
 from fieldlink.gateway.native import NativeSession
@@ -53,8 +54,11 @@ from fieldlink.mqtt.broker import HUB_USER, EmbeddedBroker, mosquitto_hash
 from fieldlink.mqtt.listener import MqttListener
 from fieldlink.mqtt.publisher import MqttPublisher
 from fieldlink.ports import Bus, Cache, Store
+from fieldlink.services.agents import AgentService
+from fieldlink.services.aggregate import AggregateService
 from fieldlink.services.alerts import AlertService
 from fieldlink.services.commands import CommandService
+from fieldlink.services.dispatch import DispatchBoard, DispatchService
 from fieldlink.services.health import Health
 from fieldlink.services.identity import (
     IdentityService,
@@ -64,6 +68,7 @@ from fieldlink.services.identity import (
 )
 from fieldlink.services.ingest import Ingestor
 from fieldlink.services.presence import Presence
+from fieldlink.services.proposals import ProposalService
 from fieldlink.services.registry import DeviceRegistry
 from fieldlink.services.replica import Replica
 from fieldlink.services.views import DeviceViews
@@ -185,6 +190,11 @@ class Runtime:
     identity: IdentityService
     registry: DeviceRegistry
     alerts: AlertService
+    aggregate: AggregateService
+    board: DispatchBoard
+    dispatches: DispatchService
+    proposals: ProposalService
+    agents: AgentService
     presence: Presence
     writer: StoreWriter
     ingestor: Ingestor
@@ -219,10 +229,13 @@ class Runtime:
         await self.replica.warm()  # latest readings survive a restart
         await self.alerts.load()
         self.alerts.start()
+        await self.board.load(self.store)
         await self.bus.start()  # listening to other instances before any ingest
         await self.publisher.start()
         await self.listener.start()
+        self.agents.start()
         for job in (
+            self.aggregate.run(),
             self.presence.run_sweeper(s.status_sweep_s),
             self.commands.run_sweeper(s.command_sweep_s),
             keepalive(self.hub, self.gateway_settings),
@@ -235,6 +248,8 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.agents.close()
+        await self.dispatches.close()
         await self.commands.close()
         await self.alerts.close()
         await self.native.close()
@@ -321,17 +336,35 @@ def build(settings: Settings) -> Runtime:
         clock_ms=clock,
         cache_ttl_s=s.cache_ttl_s,
     )
+    instance_id = f"{socket.gethostname()}-{secrets.token_hex(6)}"  # leases, dispatch runners
     alerts = AlertService(
         store=store,
         bus=bus,
         devices=registry,
         cache=cache,
         clock_ms=clock,
-        instance_id=f"{socket.gethostname()}-{secrets.token_hex(6)}",
+        instance_id=instance_id,
         config_rules=load_alert_rules(s.alert_rules_file),
     )
+    aggregate = AggregateService(
+        registry=registry,
+        presence=presence,
+        cache=cache,
+        bus=bus,
+        clock_ms=clock,
+        max_rate_hz=s.vpp_aggregate_hz,
+        max_age_ms=int(s.vpp_max_age_s * 1000),
+        group_attribute=s.vpp_group_attribute,
+    )
+    board = DispatchBoard()
     views = DeviceViews(
-        registry=registry, presence=presence, cache=cache, alerts=alerts, clock_ms=clock
+        registry=registry,
+        presence=presence,
+        cache=cache,
+        alerts=alerts,
+        aggregate=aggregate.state,
+        dispatch=board.snapshot,
+        clock_ms=clock,
     )
     client_id = mqtt_client_id(s)
     publisher = MqttPublisher(
@@ -351,6 +384,41 @@ def build(settings: Settings) -> Runtime:
         limits=s.limits,
         default_timeout_ms=int(s.command_timeout_s * 1000),
     )
+    soc_limits = SocLimits(s.vpp_soc_min, s.vpp_soc_max)
+    dispatches = DispatchService(
+        store=store,
+        bus=bus,
+        commands=commands,
+        nodes=aggregate.nodes,
+        latest=views,
+        clock_ms=clock,
+        instance_id=instance_id,
+        limits=soc_limits,
+        command_timeout_ms=int(s.command_timeout_s * 1000),
+        sample_interval_s=s.vpp_sample_s,
+    )
+    proposals = ProposalService(
+        store=store,
+        bus=bus,
+        dispatches=dispatches,
+        clock_ms=clock,
+        default_approval=Approval(s.vpp_approval),
+    )
+    agents = AgentService(
+        store=store,
+        history=store,
+        leases=store,
+        dispatches=dispatches,
+        proposals=proposals,
+        alerts=alerts,
+        presence=presence,
+        nodes=aggregate.nodes,
+        tenants=aggregate.tenants,
+        clock_ms=clock,
+        instance_id=instance_id,
+        limits=soc_limits,
+        interval_s=s.vpp_agent_interval_s,
+    )
     listener = MqttListener(
         mqtt_url,
         scheme=scheme,
@@ -368,6 +436,7 @@ def build(settings: Settings) -> Runtime:
         snapshot=views.snapshot,
         devices=registry,
         commands=commands,
+        proposals=proposals,
         authenticator=identity,
         limiter=RateLimiter(s.ws_messages_per_s, max(1.0, s.ws_messages_per_s * 2)),
         clock_ms=clock,
@@ -375,6 +444,8 @@ def build(settings: Settings) -> Runtime:
     bus.subscribe(replica.apply, remote_only=True)
     bus.subscribe(commands.on_event)
     bus.subscribe(alerts.on_event)
+    bus.subscribe(aggregate.on_event)
+    bus.subscribe(board.on_event)
     bus.subscribe(ingestor.on_event)
     bus.subscribe(hub.publish)
     bus.on_resume(replica.resume)
@@ -392,6 +463,7 @@ def build(settings: Settings) -> Runtime:
         devices=registry,
         latest=views,
         commands=commands,
+        proposals=proposals,
         authenticator=identity,
         limiter=RateLimiter(s.ws_messages_per_s, max(1.0, s.ws_messages_per_s * 2)),
         max_per_subject=s.ws_max_per_user,
@@ -435,6 +507,10 @@ def build(settings: Settings) -> Runtime:
             bus,
             commands,
             alerts,
+            aggregate,
+            dispatches,
+            proposals,
+            agents,
             hub,
             handshake_stats,
             identity,
@@ -452,6 +528,9 @@ def build(settings: Settings) -> Runtime:
         cache=cache,
         commands=commands,
         alerts=alerts,
+        vpp=VppServices(
+            aggregate=aggregate, dispatches=dispatches, proposals=proposals, agents=agents
+        ),
         identity=identity,
         sessions=hub,
         health=health,
@@ -470,6 +549,11 @@ def build(settings: Settings) -> Runtime:
         identity=identity,
         registry=registry,
         alerts=alerts,
+        aggregate=aggregate,
+        board=board,
+        dispatches=dispatches,
+        proposals=proposals,
+        agents=agents,
         presence=presence,
         writer=writer,
         ingestor=ingestor,

@@ -8,7 +8,12 @@ import bisect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from fieldlink.backends.aggregate import aggregate_records, fleet_records
+from fieldlink.backends.aggregate import (
+    aggregate_records,
+    fleet_power,
+    fleet_records,
+    node_capacity_kw,
+)
 from fieldlink.core.alerts import Alert
 from fieldlink.core.commands import OPEN, Command, Status
 from fieldlink.core.events import DomainEvent
@@ -171,6 +176,19 @@ class MemoryStore:
     async def list_docs(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
         return sorted((k, dict(d)) for (t, k), d in self._docs.items() if t == kind)
 
+    async def swap_doc(
+        self, kind: str, key: str, doc: dict[str, Any], expected_version: int | None
+    ) -> bool:
+        current = self._docs.get((kind, key))
+        if expected_version is None:
+            if current is not None:
+                return False
+        elif current is None or not _has_version(current, expected_version):
+            return False
+        # No await between the check and the write: nothing else runs in between.
+        self._docs[(kind, key)] = dict(doc)
+        return True
+
     # ---- command log (CommandLog) -------------------------------------------------------
 
     async def insert_command(self, command: Command) -> bool:
@@ -221,6 +239,30 @@ class MemoryStore:
             if tenant_id in (None, r.tenant_id)
         ]
         return aggregate_records(fleet_records(in_range, metrics), bucket_ms, agg)
+
+    async def fleet_power(
+        self, start_ms: int, end_ms: int, bucket_ms: int, tenant_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """From raw records; a node's capacity (and whether it is one) is its current meta."""
+        capacities = {
+            device_id: capacity
+            for device_id, device in self._devices.items()
+            if (capacity := node_capacity_kw(device.meta)) is not None
+        }
+        in_range = [
+            r
+            for d in capacities
+            for r in self._slice(d, start_ms, end_ms)
+            if tenant_id in (None, r.tenant_id)
+        ]
+        return fleet_power(in_range, capacities, bucket_ms)
+
+
+def _has_version(doc: dict[str, Any], version: int) -> bool:
+    """The document's ``"version"`` is the number ``version`` (as JSON compares it: 2.0 is 2,
+    true and "2" are not)."""
+    value = doc.get("version")
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == version
 
 
 class MemoryCache:

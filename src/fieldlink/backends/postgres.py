@@ -48,8 +48,21 @@ CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
 ) ON COMMIT DELETE ROWS
 """
 # Move staged rows into telemetry (skipping duplicates) and fold the inserted ones into the
-# per-tenant fleet rollup, in one statement. Rollup rows are upserted in key order so two
-# instances committing at once lock them in the same order and cannot deadlock.
+# per-tenant fleet rollup and the VPP's power rollups (007_vpp.sql), in one statement. Rollup
+# rows are upserted in key order so two instances committing at once lock them in the same
+# order and cannot deadlock.
+#
+# VPP: node_batch is this batch's count and total of power_kw per node-minute; rows of other
+# devices drop out at the join with devices (which the same transaction upserted first, so a
+# device registered by this batch's first record is already a node). The node upsert returns
+# the node-minute's new (n, total) and this fold's part of them (batch_n, batch_total: the
+# row keeps what its last fold added, because RETURNING cannot show excluded or old values,
+# and joining the returned rows back to node_batch made the planner loop over both); the old
+# values are new - this fold's part. Deriving them from what the upsert returns (not from a
+# read before it) stays right when another instance folded the same node-minute
+# concurrently: the upsert waits for the row lock, then adds to the committed values. The
+# fleet row of the (tenant, minute) moves by each node's change of average, and gains the
+# node and its capacity when the node-minute is new.
 _MOVE = """
 WITH moved AS (
     INSERT INTO telemetry (device_id, ts, seq, data, tenant_id)
@@ -67,6 +80,39 @@ WITH moved AS (
     ON CONFLICT (tenant_id, bucket, metric) DO UPDATE SET n = f.n + excluded.n,
         total = f.total + excluded.total, lo = least(f.lo, excluded.lo),
         hi = greatest(f.hi, excluded.hi)
+), node_batch AS (
+    SELECT m.tenant_id, m.device_id, (m.ts / 60000) * 60000 AS bucket, count(*) AS n,
+           sum(p.power) AS total, max(d.capacity) AS capacity
+    FROM moved AS m
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN jsonb_typeof(m.data -> 'power_kw') = 'number'
+                    THEN (m.data ->> 'power_kw')::float8 END AS power
+    ) AS p
+    JOIN (
+        SELECT id, CASE WHEN jsonb_typeof(meta -> 'capacity_kw') = 'number'
+                        THEN (meta ->> 'capacity_kw')::float8 END AS capacity
+        FROM devices
+    ) AS d ON d.id = m.device_id
+    WHERE abs(p.power) < 1e300 AND d.capacity > 0 AND d.capacity < 1e300
+    GROUP BY 1, 2, 3
+), node AS (
+    INSERT INTO vpp_node_1m AS v
+        (tenant_id, device_id, bucket, n, total, capacity_kw, batch_n, batch_total)
+    SELECT tenant_id, device_id, bucket, n, total, capacity, n, total FROM node_batch
+    ORDER BY device_id, bucket, tenant_id
+    ON CONFLICT (device_id, bucket, tenant_id) DO UPDATE SET n = v.n + excluded.n,
+        total = v.total + excluded.total, batch_n = excluded.n, batch_total = excluded.total
+    RETURNING tenant_id, bucket, n, total, capacity_kw, batch_n, batch_total
+), fleet AS (
+    INSERT INTO vpp_fleet_1m AS f (tenant_id, bucket, power_kw, nodes, capacity_kw)
+    SELECT tenant_id, bucket,
+           sum(total / n - CASE WHEN n > batch_n THEN (total - batch_total) / (n - batch_n)
+                                ELSE 0 END),
+           count(*) FILTER (WHERE n = batch_n),
+           coalesce(sum(capacity_kw) FILTER (WHERE n = batch_n), 0)
+    FROM node GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (tenant_id, bucket) DO UPDATE SET power_kw = f.power_kw + excluded.power_kw,
+        nodes = f.nodes + excluded.nodes, capacity_kw = f.capacity_kw + excluded.capacity_kw
 )
 SELECT device_id, seq FROM moved
 """
@@ -363,6 +409,32 @@ class PostgresStore:
         )
         return [(r[0], dict(orjson.loads(r[1]))) for r in rows]
 
+    async def swap_doc(
+        self, kind: str, key: str, doc: dict[str, Any], expected_version: int | None
+    ) -> bool:
+        """One statement each way. Racing UPDATEs queue on the row lock, and each re-checks
+        the version on the row the previous one committed, so one wins. The version is
+        compared as JSON (no cast that a non-numeric version would make fail)."""
+        text = orjson.dumps(doc).decode()
+        if expected_version is None:
+            status = await self._execute(
+                "INSERT INTO docs (kind, key, doc) VALUES ($1, $2, $3::jsonb) "
+                "ON CONFLICT (kind, key) DO NOTHING",
+                kind,
+                key,
+                text,
+            )
+        else:
+            status = await self._execute(
+                "UPDATE docs SET doc = $3::jsonb WHERE kind = $1 AND key = $2 "
+                "AND doc -> 'version' = to_jsonb($4::bigint)",
+                kind,
+                key,
+                text,
+                expected_version,
+            )
+        return status.endswith(" 1")
+
     # ---- command log (CommandLog) -------------------------------------------------------
 
     async def _execute(self, sql: str, *args: Any) -> str:
@@ -525,3 +597,30 @@ class PostgresStore:
             *args,
         )
         return bucket_rows(rows, agg)
+
+    async def fleet_power(
+        self, start_ms: int, end_ms: int, bucket_ms: int, tenant_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """From the per-minute rollup ``vpp_fleet_1m`` (the range and ``bucket_ms`` are whole
+        minutes). A node's capacity, and whether it is one, are as they were when each of its
+        minutes was first written."""
+        if tenant_id is not None:
+            minutes = (
+                "SELECT bucket, power_kw, nodes, capacity_kw FROM vpp_fleet_1m "
+                "WHERE tenant_id = $4 AND bucket >= $2 AND bucket < $3"
+            )
+            args: tuple[Any, ...] = (bucket_ms, start_ms, end_ms, tenant_id)
+        else:
+            # Every tenant: sum the tenants' rows of a minute first, then average the minutes.
+            minutes = (
+                "SELECT bucket, sum(power_kw) AS power_kw, sum(nodes) AS nodes, "
+                "sum(capacity_kw) AS capacity_kw FROM vpp_fleet_1m "
+                "WHERE bucket >= $2 AND bucket < $3 GROUP BY bucket"
+            )
+            args = (bucket_ms, start_ms, end_ms)
+        rows = await self._fetch(
+            "SELECT (bucket / $1) * $1 AS b, avg(power_kw), avg(nodes)::float8, "
+            f"avg(capacity_kw) FROM ({minutes}) AS m GROUP BY b ORDER BY b",
+            *args,
+        )
+        return [{"ts": r[0], "power_kw": r[1], "nodes": r[2], "capacity_kw": r[3]} for r in rows]

@@ -115,6 +115,31 @@ _FLEET_AGG_SQL = {
     "max": "max(j.value)",
     "count": "count(j.value)",
 }
+# The VPP's fleet power (ports.FleetPower): each node's average power_kw per minute, summed
+# per minute, then averaged per bucket over the minutes with data. A node is counted per
+# (tenant, device), as the rows carry the tenant. CROSS JOIN makes SQLite loop over the
+# nodes and seek each one's rows, instead of scanning all telemetry.
+_FLEET_POWER_SQL = """
+WITH nodes AS (
+    SELECT id, json_extract(meta, '$.capacity_kw') AS capacity FROM devices
+    WHERE json_type(meta, '$.capacity_kw') IN ('integer', 'real')
+      AND json_extract(meta, '$.capacity_kw') > 0
+      AND json_extract(meta, '$.capacity_kw') < 1e300
+), node_minutes AS (
+    SELECT (t.ts / 60000) * 60000 AS minute, avg(json_extract(t.data, '$.power_kw')) AS power,
+           max(d.capacity) AS capacity
+    FROM nodes AS d CROSS JOIN telemetry AS t
+    WHERE t.device_id = d.id AND t.ts >= ? AND t.ts < ?{tenant}
+      AND json_type(t.data, '$.power_kw') IN ('integer', 'real')
+      AND abs(json_extract(t.data, '$.power_kw')) < 1e300
+    GROUP BY minute, t.tenant_id, t.device_id
+), minutes AS (
+    SELECT minute, sum(power) AS power, count(*) AS nodes, sum(capacity) AS capacity
+    FROM node_minutes GROUP BY minute
+)
+SELECT (minute / ?) * ? AS bucket, avg(power), avg(nodes), avg(capacity)
+FROM minutes GROUP BY bucket ORDER BY bucket
+"""
 _MAX_BATCH_ITEMS = 2000
 
 _STOP = object()
@@ -352,6 +377,32 @@ class SqliteStore:
         rows = await self._read("SELECT key, doc FROM docs WHERE kind = ? ORDER BY key", (kind,))
         return [(r[0], dict(orjson.loads(r[1]))) for r in rows]
 
+    async def swap_doc(
+        self, kind: str, key: str, doc: dict[str, Any], expected_version: int | None
+    ) -> bool:
+        """Checked and written in one statement by the writer thread, which serializes every
+        write: no other write can come between the check and the change."""
+        text = orjson.dumps(doc).decode()
+
+        def swap(conn: sqlite3.Connection) -> bool:
+            if expected_version is None:
+                cursor = conn.execute(
+                    "INSERT INTO docs (kind, key, doc) VALUES (?, ?, ?) "
+                    "ON CONFLICT(kind, key) DO NOTHING",
+                    (kind, key, text),
+                )
+            else:
+                # json_type first: json_extract turns true into 1, which must not match.
+                cursor = conn.execute(
+                    "UPDATE docs SET doc = ? WHERE kind = ? AND key = ? "
+                    "AND json_type(doc, '$.version') IN ('integer', 'real') "
+                    "AND json_extract(doc, '$.version') = ?",
+                    (text, kind, key, expected_version),
+                )
+            return cursor.rowcount == 1
+
+        return bool(await self._write_call(swap))
+
     # ---- command log (CommandLog) -------------------------------------------------------
 
     async def _write_call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -507,3 +558,25 @@ class SqliteStore:
             ),
         )
         return bucket_rows(rows, agg)
+
+    async def fleet_power(
+        self, start_ms: int, end_ms: int, bucket_ms: int, tenant_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """From raw rows, like ``query_fleet``; a node's capacity (and whether it is one) is
+        its current meta. Starts from the nodes and reads their rows through the (device, ts)
+        index, so other devices' history is never scanned."""
+        tenant = " AND t.tenant_id = ?" if tenant_id is not None else ""
+        rows = await self._read(
+            _FLEET_POWER_SQL.format(tenant=tenant),
+            (
+                start_ms,
+                end_ms,
+                *((tenant_id,) if tenant_id is not None else ()),
+                bucket_ms,
+                bucket_ms,
+            ),
+        )
+        return [
+            {"ts": r[0], "power_kw": float(r[1]), "nodes": float(r[2]), "capacity_kw": float(r[3])}
+            for r in rows
+        ]

@@ -57,6 +57,7 @@ def can_subscribe(principal: Principal, channel: str, device_tenant: str | None)
         return True
     if channel in (channels.ALL, channels.ALERTS) or channel.startswith(channels.KIND_PREFIX):
         return False  # across tenants
-    if channel.startswith(channels.TENANT_PREFIX):
-        return channel[len(channels.TENANT_PREFIX) :] == principal.tenant_id
+    for prefix in (channels.TENANT_PREFIX, channels.AGGREGATE_PREFIX, channels.DISPATCH_PREFIX):
+        if channel.startswith(prefix):
+            return channel[len(prefix) :] == principal.tenant_id
     return device_tenant is not None and device_tenant == principal.tenant_id

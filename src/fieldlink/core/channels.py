@@ -15,6 +15,8 @@ COMMAND_PREFIX = "command:"  # private: the requester of one command, never subs
 TENANT_PREFIX = "tenant:"  # every device event of one tenant
 KIND_PREFIX = "kind:"  # registry changes of every device of one kind (all tenants)
 ALERTS = "alerts"  # every alert of every tenant
+AGGREGATE_PREFIX = "aggregate:"  # one tenant's fleet aggregate
+DISPATCH_PREFIX = "dispatch:"  # one tenant's dispatches and agent proposals
 
 
 def device(device_id: str) -> str:
@@ -41,6 +43,14 @@ def for_alert(device_id: str, tenant_id: str) -> tuple[str, ...]:
     return (DEVICE_PREFIX + device_id, TENANT_PREFIX + tenant_id, ALERTS)
 
 
+def aggregate(tenant_id: str) -> str:
+    return AGGREGATE_PREFIX + tenant_id
+
+
+def dispatch(tenant_id: str) -> str:
+    return DISPATCH_PREFIX + tenant_id
+
+
 def command(command_id: str) -> str:
     return COMMAND_PREFIX + command_id
 
@@ -60,18 +70,33 @@ def tenant_in(event_channels: tuple[str, ...]) -> str | None:
     return None
 
 
+TENANT_SHORTHANDS = ("aggregate", "dispatch")  # "your tenant's": aggregate -> aggregate:<tenant>
+
+
+def resolve(channel: str, tenant_id: str) -> str:
+    """A client's channel name with the per-tenant shorthands spelled out (``aggregate`` is
+    ``aggregate:<the client's tenant>``, likewise ``dispatch``)."""
+    return f"{channel}:{tenant_id}" if channel in TENANT_SHORTHANDS else channel
+
+
 def parse(channel: object) -> tuple[str, str | None]:
     """Validate a channel name from a client: ``("all", None)``, ``("alerts", None)``,
-    ``("device", id)``, ``("tenant", id)`` or ``("kind", kind)``."""
+    ``("device", id)``, ``("tenant", id)``, ``("kind", kind)``, ``("aggregate", tenant)``,
+    ``("dispatch", tenant)``; the shorthands ``aggregate`` and ``dispatch`` (see ``resolve``)
+    give ``(name, None)``."""
     if channel == ALL:
         return ("all", None)
     if channel == ALERTS:
         return ("alerts", None)
+    if channel in TENANT_SHORTHANDS:
+        return (str(channel), None)
     if isinstance(channel, str):
         for kind, prefix in (
             ("device", DEVICE_PREFIX),
             ("tenant", TENANT_PREFIX),
             ("kind", KIND_PREFIX),
+            ("aggregate", AGGREGATE_PREFIX),
+            ("dispatch", DISPATCH_PREFIX),
         ):
             if channel.startswith(prefix):
                 ident = channel[len(prefix) :]
@@ -79,7 +104,7 @@ def parse(channel: object) -> tuple[str, str | None]:
                     return (kind, ident)
     shown = repr(channel)[:80]
     raise ProtocolError(
-        f"unknown channel {shown}; use 'all', 'alerts', 'tenant:<id>', 'device:<id>' or "
-        "'kind:<kind>'",
+        f"unknown channel {shown}; use 'all', 'alerts', 'tenant:<id>', 'device:<id>', "
+        "'kind:<kind>', 'aggregate[:<tenant>]' or 'dispatch[:<tenant>]'",
         code="bad_channel",
     )

@@ -32,6 +32,7 @@ class EventType(StrEnum):
     ALERT = "alert"
     AGGREGATE = "aggregate"
     DISPATCH = "dispatch"
+    PROPOSAL = "proposal"
     RULE = "rule"  # between instances only: an alert rule changed
 
 
@@ -211,6 +212,71 @@ class AlertChanged(_Event, frozen=True, tag="alert"):
         return self.alert.to_dict()
 
 
+class AggregateChanged(_Event, frozen=True, tag="aggregate"):
+    """A tenant's fleet aggregate now (services/aggregate.py): ``state`` is
+    ``{"tenant", "total": {...}, "groups": {...}, "max_age_s"}``. Every instance computes its
+    own (``local_only``)."""
+
+    type: ClassVar[EventType] = EventType.AGGREGATE
+    tenant_id: str
+    state: dict[str, Any]
+    local_only: bool = True
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return (channels.aggregate(self.tenant_id),)
+
+    @property
+    def key(self) -> str:
+        return self.tenant_id
+
+    def data(self) -> dict[str, Any]:
+        return self.state
+
+
+class DispatchChanged(_Event, frozen=True, tag="dispatch"):
+    """A dispatch's log entry changed (services/dispatch.py): ``name`` is
+    ``dispatch.created|started|command|progress|reallocated|optimized|ended``; ``dispatch`` is the
+    whole entry (docs/vpp.md#the-dispatch-log)."""
+
+    type: ClassVar[EventType] = EventType.DISPATCH
+    tenant_id: str
+    name: str
+    dispatch: dict[str, Any]
+    local_only: bool = False
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return (channels.dispatch(self.tenant_id),)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dispatch['id']}#{self.dispatch['version']}"
+
+    def data(self) -> dict[str, Any]:
+        return {"event": self.name, "dispatch": self.dispatch}
+
+
+class ProposalChanged(_Event, frozen=True, tag="proposal"):
+    """An agent proposal was made or decided, or ran (services/proposals.py)."""
+
+    type: ClassVar[EventType] = EventType.PROPOSAL
+    tenant_id: str
+    proposal: dict[str, Any]
+    local_only: bool = False
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return (channels.dispatch(self.tenant_id),)
+
+    @property
+    def key(self) -> str:
+        return f"{self.proposal['id']}#{self.proposal['version']}"
+
+    def data(self) -> dict[str, Any]:
+        return self.proposal
+
+
 class RuleChanged(_Event, frozen=True, tag="rule"):
     """An alert rule was created, replaced (``rule``: its JSON shape) or deleted (None). On
     no channel: it only tells the other instances."""
@@ -234,7 +300,15 @@ class RuleChanged(_Event, frozen=True, tag="rule"):
 
 
 DomainEvent = (
-    TelemetryAccepted | StatusChanged | DeviceChanged | CommandMoved | AlertChanged | RuleChanged
+    TelemetryAccepted
+    | StatusChanged
+    | DeviceChanged
+    | CommandMoved
+    | AlertChanged
+    | AggregateChanged
+    | DispatchChanged
+    | ProposalChanged
+    | RuleChanged
 )
 """Every event type; the bus carries exactly these."""
 

@@ -29,7 +29,7 @@ from fieldlink.core.ratelimit import RateLimiter
 from fieldlink.gateway import protocol
 from fieldlink.gateway.frames import text_frame
 from fieldlink.gateway.hub import Hub, Member
-from fieldlink.ports import Authenticator, Commands, DeviceDirectory
+from fieldlink.ports import Authenticator, Commands, DeviceDirectory, ProposalDecisions
 
 log = logging.getLogger("fieldlink.gateway")
 
@@ -86,6 +86,7 @@ class NativeSession:
         snapshot: SnapshotFn,
         devices: DeviceDirectory,
         commands: Commands,
+        proposals: ProposalDecisions,
         authenticator: Authenticator,
         limiter: RateLimiter,
         clock_ms: Callable[[], int],
@@ -94,6 +95,7 @@ class NativeSession:
         self.snapshot = snapshot
         self.devices = devices
         self.commands = commands
+        self.proposals = proposals
         self.authenticator = authenticator
         self.limiter = limiter
         self.clock_ms = clock_ms
@@ -136,12 +138,15 @@ class NativeSession:
             if kind == "subscribe":
                 self._subscribe(member, message)
             elif kind == "unsubscribe":
-                self.hub.leave(member, message["channel"])
-                member.send(protocol.unsubscribed(message["channel"], message))
+                name = self._resolve(member, message["channel"])
+                self.hub.leave(member, name)
+                member.send(protocol.unsubscribed(name, message))
             elif kind == "auth":
                 member.send(self._refresh(member, message))
             elif kind == "command":
                 self._command(member, message)
+            elif kind == "decide":
+                self._spawn(self._decide(member, message))
             else:
                 member.send(protocol.pong(message, self.clock_ms()))
         except ProtocolError as exc:
@@ -153,8 +158,13 @@ class NativeSession:
         self.hub.stats.client_errors += 1
         member.send(protocol.error("unsupported_data", "send JSON text frames, not binary"))
 
+    @staticmethod
+    def _resolve(member: NativeMember, channel: str) -> str:
+        principal = member.principal
+        return channels.resolve(channel, principal.tenant_id) if principal else channel
+
     def _subscribe(self, member: NativeMember, message: dict[str, Any]) -> None:
-        name = message["channel"]
+        name = self._resolve(member, message["channel"])
         if not self._may_subscribe(member.principal, name):
             self.hub.stats.forbidden += 1
             raise ProtocolError("not allowed to subscribe to this channel", code="forbidden")
@@ -206,6 +216,24 @@ class NativeSession:
             member.send(protocol.command_refused(request.id, exc.code, exc.message))
             return
         self._spawn(self._run_command(member, request))
+
+    async def _decide(self, member: NativeMember, message: dict[str, Any]) -> None:
+        """``{"type": "decide", "proposal", "decision", "note"?}``: an operator approves or
+        rejects an agent proposal (docs/vpp.md); answered with ``decided`` or ``error``."""
+        principal = member.principal
+        try:
+            if principal is None:
+                raise Forbidden("sign in first", code="forbidden")
+            proposal = await self.proposals.decide(
+                message["proposal"],
+                principal,
+                message["decision"] == "approve",
+                message.get("note"),
+            )
+        except FieldlinkError as exc:
+            member.send(protocol.error(exc.code, exc.message, message))
+            return
+        member.send(protocol.decided(orjson.dumps(proposal), message))
 
     async def _run_command(self, member: NativeMember, request: Any) -> None:
         command_id = request.id

@@ -14,7 +14,7 @@ from fieldlink.core import channels
 from fieldlink.core.errors import ProtocolError
 
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
-CLIENT_TYPES = ("subscribe", "unsubscribe", "ping", "command", "auth")
+CLIENT_TYPES = ("subscribe", "unsubscribe", "ping", "command", "auth", "decide")
 
 
 def parse_client_message(payload: bytes) -> dict[str, Any]:
@@ -34,6 +34,14 @@ def parse_client_message(payload: bytes) -> dict[str, Any]:
         )
     if kind in ("subscribe", "unsubscribe"):
         channels.parse(message.get("channel"))
+    if kind == "decide" and (
+        not isinstance(message.get("proposal"), str)
+        or message.get("decision") not in ("approve", "reject")
+    ):
+        raise ProtocolError(
+            "send {'type': 'decide', 'proposal': ID, 'decision': 'approve'|'reject'}",
+            code="bad_message",
+        )
     if kind == "subscribe" and "throttle_ms" in message:
         message["throttle_ms"] = throttle_ms(message["throttle_ms"])
     return message
@@ -97,6 +105,12 @@ def unsubscribed(channel: str, request: dict[str, Any] | None) -> bytes:
 
 def pong(request: dict[str, Any] | None, server_time_ms: int) -> bytes:
     return orjson.dumps(_with_id({"type": "pong", "server_time": server_time_ms}, request))
+
+
+def decided(proposal: bytes, request: dict[str, Any] | None) -> bytes:
+    """The answer to a ``decide`` message: the proposal after the decision."""
+    head = orjson.dumps(_with_id({"type": "decided"}, request))
+    return head[:-1] + b',"proposal":' + proposal + b"}"
 
 
 def command_refused(command_id: str | None, code: str, message: str) -> bytes:

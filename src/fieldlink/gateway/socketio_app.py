@@ -35,11 +35,14 @@ from fieldlink.core.access import DEFAULT_TENANT, Principal, can_subscribe
 from fieldlink.core.commands import Command, Status
 from fieldlink.core.errors import FieldlinkError, ProtocolError, RateLimited, ValidationError
 from fieldlink.core.events import (
+    AggregateChanged,
     AlertChanged,
     CommandMoved,
     DeviceAction,
     DeviceChanged,
+    DispatchChanged,
     DomainEvent,
+    ProposalChanged,
     StatusChanged,
     TelemetryAccepted,
 )
@@ -50,7 +53,13 @@ from fieldlink.gateway.engineio import SEPARATOR, EngineSocket
 from fieldlink.gateway.frames import text_frame
 from fieldlink.gateway.hub import Hub
 from fieldlink.gateway.socketio import Client, ConnectRefused
-from fieldlink.ports import Authenticator, Commands, DeviceDirectory, LatestReadings
+from fieldlink.ports import (
+    Authenticator,
+    Commands,
+    DeviceDirectory,
+    LatestReadings,
+    ProposalDecisions,
+)
 
 log = logging.getLogger("fieldlink.socketio")
 
@@ -98,6 +107,15 @@ def render(vocabulary: Vocabulary, event: DomainEvent) -> tuple[str, dict[str, A
         if vocabulary is not Vocabulary.DRONE or not event.name.startswith("drone."):
             return None
         return "drone:event", {"event": event.name, "data": drone_data(event)}
+    # The VPP's channels reach only clients that asked for them (``subscribe {channel}``),
+    # in whatever vocabulary they speak.
+    if isinstance(event, AggregateChanged):
+        return "aggregate", event.state
+    if isinstance(event, DispatchChanged):
+        name = "dispatch:optimized" if event.name == "dispatch.optimized" else "dispatch"
+        return name, event.data()
+    if isinstance(event, ProposalChanged):
+        return "proposal", event.proposal
     return None
 
 
@@ -179,6 +197,7 @@ class FieldlinkNamespace:
         devices: DeviceDirectory,
         latest: LatestReadings,
         commands: Commands,
+        proposals: ProposalDecisions,
         authenticator: Authenticator,
         limiter: RateLimiter,
         max_per_subject: int = 100,
@@ -187,6 +206,7 @@ class FieldlinkNamespace:
         self.devices = devices
         self.latest = latest
         self.commands = commands
+        self.proposals = proposals
         self.authenticator = authenticator
         self.limiter = limiter  # client events per connection
         self.max_per_subject = max_per_subject
@@ -275,6 +295,9 @@ class FieldlinkNamespace:
             elif name == "send:command":
                 self._send_command(client, arg, ack_id)
                 return
+            elif name in ("proposal:approve", "proposal:reject"):
+                self._decide(client, arg, name == "proposal:approve", ack_id)
+                return
             else:
                 raise ProtocolError(f"unknown event {name[:60]!r}", code="unknown_event")
         except FieldlinkError as exc:
@@ -349,6 +372,13 @@ class FieldlinkNamespace:
             self._use(client, Vocabulary.DRONE)
             self.hub.join(socket, channel, self._throttle(client, arg))
             return
+        if isinstance(arg, dict) and isinstance(arg.get("channel"), str):
+            # a native channel, e.g. the VPP's aggregate and dispatch (docs/socketio.md)
+            channels.parse(arg["channel"])
+            channel = channels.resolve(arg["channel"], self._tenant(socket.principal))
+            self._authorize(socket, channel)
+            self.hub.join(socket, channel, self._throttle(client, arg))
+            return
         if isinstance(arg, dict) and "deviceId" in arg:
             channel = channels.device(self._device_id(arg))
             self._authorize(socket, channel)
@@ -368,13 +398,16 @@ class FieldlinkNamespace:
             self.hub.join(socket, channel, self._throttle(client, arg))
             return
         raise ValidationError(
-            "invalid_subscription", "subscribe with {all: true}, {droneSerial} or {deviceId}"
+            "invalid_subscription",
+            "subscribe with {all: true}, {droneSerial}, {deviceId} or {channel}",
         )
 
     def _unsubscribe(self, client: Client, arg: Any) -> None:
         socket = client.socket
         if isinstance(arg, dict) and arg.get("all") is True:
             self.hub.leave(socket, self._tenant_room(socket.principal))
+        elif isinstance(arg, dict) and isinstance(arg.get("channel"), str):
+            self.hub.leave(socket, channels.resolve(arg["channel"], self._tenant(socket.principal)))
         else:
             self.hub.leave(socket, channels.device(self._device_id(arg)))
 
@@ -385,8 +418,42 @@ class FieldlinkNamespace:
         return throttle
 
     @staticmethod
-    def _tenant_room(principal: Principal | None) -> str:
-        return channels.tenant(principal.tenant_id if principal else DEFAULT_TENANT)
+    def _tenant(principal: Principal | None) -> str:
+        return principal.tenant_id if principal else DEFAULT_TENANT
+
+    @classmethod
+    def _tenant_room(cls, principal: Principal | None) -> str:
+        return channels.tenant(cls._tenant(principal))
+
+    # ---- VPP proposals ------------------------------------------------------------------------
+
+    def _decide(self, client: Client, arg: Any, approve: bool, ack_id: int | None) -> None:
+        """``proposal:approve|reject {proposalId, note?}``: answered through the ack with the
+        proposal after the decision (and, when approved, its execution), or ``{error}``."""
+        if not isinstance(arg, dict) or not isinstance(arg.get("proposalId"), str):
+            raise ValidationError("invalid_proposal", "send {proposalId, note?}")
+        principal = client.socket.principal
+        assert principal is not None
+        self._spawn(self._run_decision(client, principal, arg, approve, ack_id))
+
+    async def _run_decision(
+        self,
+        client: Client,
+        principal: Principal,
+        arg: dict[str, Any],
+        approve: bool,
+        ack_id: int | None,
+    ) -> None:
+        try:
+            proposal = await self.proposals.decide(
+                arg["proposalId"], principal, approve, arg.get("note")
+            )
+        except FieldlinkError as exc:
+            if ack_id is not None:
+                client.ack(ack_id, {"error": exc.message, "code": exc.code})
+            return
+        if ack_id is not None:
+            client.ack(ack_id, {"proposal": proposal})
 
     # ---- commands -------------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ class AlertService:
         # tenant -> metric -> rules: the hot path's index
         self._index: dict[str, dict[str, RuleGroup]] = {}
         self.open: dict[str, Alert] = {}  # open alerts by id (every instance, from events)
+        self._open_pairs: dict[tuple[str, str], Alert] = {}  # the same by (rule, device)
         self.leader = False
         self._states: dict[tuple[str, str], RuleState] = {}
         # (device, metric) pairs with a state under some rule: only these need a full
@@ -113,7 +114,7 @@ class AlertService:
             if not doc.get("deleted"):
                 self._set_rule(parse_rule(doc["rule"], rule_id=key, tenant_id=doc["tenant"]))
         for alert in await self.store.open_alerts():
-            self.open[alert.id] = alert
+            self._remember(alert)
 
     def start(self) -> None:
         self._tasks = [
@@ -232,9 +233,9 @@ class AlertService:
         elif isinstance(event, AlertChanged):
             alert = event.alert
             if alert.open:
-                self.open[alert.id] = alert
+                self._remember(alert)
             else:
-                self.open.pop(alert.id, None)
+                self._forget(alert)
             if self.leader and alert.open:
                 current = self._by_pair.get((alert.rule_id, alert.device_id))
                 if current is None or current.version < alert.version:
@@ -313,7 +314,7 @@ class AlertService:
         self._forget_states()
         self._by_pair.clear()
         for alert in await self.store.open_alerts():
-            self.open[alert.id] = alert
+            self._remember(alert)
             self._by_pair[(alert.rule_id, alert.device_id)] = alert
             rule = self.rules.get(alert.rule_id)
             if rule is not None:
@@ -381,10 +382,48 @@ class AlertService:
 
     def _publish(self, alert: Alert) -> None:
         if alert.open:
-            self.open[alert.id] = alert
+            self._remember(alert)
         else:
-            self.open.pop(alert.id, None)
+            self._forget(alert)
         self.bus.publish(AlertChanged(alert))
+
+    def _remember(self, alert: Alert) -> None:
+        self.open[alert.id] = alert
+        self._open_pairs[(alert.rule_id, alert.device_id)] = alert
+
+    def _forget(self, alert: Alert) -> None:
+        self.open.pop(alert.id, None)
+        if self._open_pairs.get((alert.rule_id, alert.device_id), alert).id == alert.id:
+            self._open_pairs.pop((alert.rule_id, alert.device_id), None)
+
+    # ---- conditions observed by agents -------------------------------------------------------
+
+    async def set_condition(
+        self, rule: AlertRule, device_id: str, value: float, active: bool
+    ) -> Alert | None:
+        """A condition an agent observes (a node offline, its SoC out of bounds, a node not
+        delivering its dispatch share) as an alert of a rule that readings never evaluate
+        (ids ``vpp.*``): raised once while ``active``, cleared when it no longer is. Called by
+        one instance at a time (the agents' leader). Returns the alert if it changed."""
+        current = self._open_pairs.get((rule.id, device_id))
+        now_ms = self.clock_ms()
+        if active and current is None:
+            alert = raised(
+                rule, device_id, new_alert_id(), Transition(Move.RAISE, 0, value, now_ms)
+            )
+            if not await self.store.insert_alert(alert):
+                return None
+            self.counters.raised += 1
+            self._publish(alert)
+            return alert
+        if not active and current is not None:
+            done = cleared(current, Transition(Move.CLEAR, -1, value, now_ms))
+            if not await self.store.replace_alert(done, current.version):
+                return None
+            self.counters.cleared += 1
+            self._publish(done)
+            return done
+        return None
 
     # ---- operators ------------------------------------------------------------------------
 

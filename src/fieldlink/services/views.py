@@ -4,7 +4,7 @@ answers and what a client gets as a channel's snapshot. Reads only."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -15,6 +15,10 @@ from fieldlink.services.presence import Presence
 from fieldlink.services.registry import DeviceRegistry
 
 
+class TenantSnapshot(Protocol):
+    def __call__(self, tenant_id: str) -> dict[str, Any]: ...
+
+
 class DeviceViews:
     def __init__(
         self,
@@ -23,12 +27,16 @@ class DeviceViews:
         presence: Presence,
         cache: Cache,
         alerts: OpenAlerts,
+        aggregate: TenantSnapshot,
+        dispatch: TenantSnapshot,
         clock_ms: Callable[[], int],
     ) -> None:
         self.registry = registry
         self.presence = presence
         self.cache = cache
         self.alerts = alerts
+        self.aggregate = aggregate  # a tenant's fleet aggregate (services/aggregate.py)
+        self.dispatch = dispatch  # its active dispatches and pending proposals
         self.clock_ms = clock_ms
 
     def summary(self, device: Device) -> dict[str, Any]:
@@ -69,6 +77,12 @@ class DeviceViews:
             return orjson.dumps({"devices": [d for d in self.list() if d["kind"] == ident]})
         if kind == "alerts":
             return orjson.dumps({"alerts": [a.to_dict() for a in self.alerts.open_alerts()]})
+        if kind == "aggregate":
+            assert ident is not None
+            return orjson.dumps(self.aggregate(ident))
+        if kind == "dispatch":
+            assert ident is not None
+            return orjson.dumps(self.dispatch(ident))
         assert ident is not None
         device = self.get(ident)
         if device is None:
