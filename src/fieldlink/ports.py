@@ -122,7 +122,9 @@ class FleetPower(Protocol):
         ``power_kw`` in m of each node's average ``power_kw`` in m, N(m) the number of those
         nodes and C(m) the sum of their capacities; a bucket's values are the means of P, N
         and C over its minutes that have data. Range and bucket are whole minutes; one
-        tenant's nodes only when ``tenant_id`` is given."""
+        tenant's nodes only when ``tenant_id`` is given. Values of magnitude >= 1e300 are left
+        out. Memory and SQLite judge "node" and capacity by the device's meta now (a deleted
+        device drops out); PostgreSQL by what held when the rows were written (its rollup)."""
 
 
 class Store(CommandLog, AlertLog, Leases, Docs, FleetPower, Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from fieldlink.backends.aggregate import aggregate_records, fleet_records
 from fieldlink.backends.memory import MemoryStore
 from fieldlink.backends.postgres import PostgresStore
 from fieldlink.backends.sqlite import SqliteStore
-from fieldlink.core.errors import DependencyDown
 from fieldlink.core.alerts import Alert
+from fieldlink.core.errors import DependencyDown
 from fieldlink.core.model import Device, Record
 from fieldlink.ports import Store, WriteResult
 from tests.conftest import fresh_database
@@ -234,3 +235,64 @@ async def test_deleting_a_device_keeps_or_purges_its_history(store: Store) -> No
     assert await store.get_device("keep") is None and await store.get_device("purge") is None
     assert len(await store.query_range("keep", T0, T0 + 10, 10)) == 3
     assert await store.query_range("purge", T0, T0 + 10, 10) == []
+
+
+# ---- documents: compare-and-set on "version" -----------------------------------------------
+
+async def test_swap_doc_is_compare_and_set_on_the_version(store: Store) -> None:
+    first = {"version": 1, "name": "first"}
+    assert await store.swap_doc("tenant", "t1", first, None)  # absent: the creator wins
+    assert not await store.swap_doc("tenant", "t1", {"version": 1, "name": "again"}, None)
+    assert await store.get_doc("tenant", "t1") == first
+    # A wrong version loses and writes nothing.
+    assert not await store.swap_doc("tenant", "t1", {"version": 3, "name": "skip"}, 2)
+    assert not await store.swap_doc("tenant", "t1", {"version": 1, "name": "same"}, 0)
+    assert await store.get_doc("tenant", "t1") == first
+    # The right version wins once; the loser of that race, still holding version 1, loses.
+    second = {"version": 2, "name": "second"}
+    assert await store.swap_doc("tenant", "t1", second, 1)
+    assert not await store.swap_doc("tenant", "t1", {"version": 2, "name": "late"}, 1)
+    assert await store.get_doc("tenant", "t1") == second
+    # Absent with a version to expect: nothing to swap, nothing written.
+    assert not await store.swap_doc("tenant", "missing", {"version": 1}, 0)
+    assert await store.get_doc("tenant", "missing") is None
+    # The same key of another kind is another document.
+    assert await store.swap_doc("user", "t1", {"version": 7}, None)
+    assert await store.list_docs("tenant") == [("t1", second)]
+
+
+async def test_swap_doc_only_matches_a_numeric_version(store: Store) -> None:
+    await store.put_doc("tenant", "none", {"name": "no version"})
+    await store.put_doc("tenant", "bool", {"version": True})
+    await store.put_doc("tenant", "text", {"version": "1"})
+    await store.put_doc("tenant", "float", {"version": 1.0})
+    assert not await store.swap_doc("tenant", "none", {"version": 1}, 0)
+    assert not await store.swap_doc("tenant", "bool", {"version": 2}, 1)
+    assert not await store.swap_doc("tenant", "text", {"version": 2}, 1)
+    assert await store.swap_doc("tenant", "float", {"version": 2}, 1)  # JSON: 1.0 is 1
+    assert await store.get_doc("tenant", "bool") == {"version": True}
+    assert await store.get_doc("tenant", "text") == {"version": "1"}
+    assert await store.get_doc("tenant", "float") == {"version": 2}
+
+
+async def test_concurrent_swaps_of_two_postgres_instances_have_one_winner(pg_url: str) -> None:
+    """Two stores on one database (two instances) race 24 swaps from the same version, five
+    rounds (the first from absent): each round exactly one wins, and its document is stored."""
+    stores = [PostgresStore(pg_url, pool_size=8), PostgresStore(pg_url, pool_size=8)]
+    for s in stores:
+        await s.start()
+    try:
+        for round_ in range(5):
+            expected = None if round_ == 0 else round_
+            attempts = [
+                stores[i % 2].swap_doc("tenant", "t", {"version": round_ + 1, "by": i}, expected)
+                for i in range(24)
+            ]
+            won = await asyncio.gather(*attempts)
+            assert sum(won) == 1, f"round {round_}: {sum(won)} winners"
+            stored = await stores[1].get_doc("tenant", "t")
+            assert stored is not None and stored["version"] == round_ + 1
+            assert won[stored["by"]]
+    finally:
+        for s in stores:
+            await s.close()

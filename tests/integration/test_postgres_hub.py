@@ -50,12 +50,16 @@ async def test_fleet_chart_endpoint_on_postgres(make_hub, pg_url: str) -> None: 
         async with httpx.AsyncClient(base_url=hub.http_url, headers=hub.auth) as http:
             assert (await http.post("/api/telemetry", json=body)).status_code == 200
             chart = await http.get("/api/fleet/telemetry",
-                                   params={"agg": "sum", "metric": "power_kw"})
+                                   params={"agg": "count", "metric": "power_kw"})
             bad_bucket = await http.get("/api/fleet/telemetry", params={"bucket": "30s"})
             bad_agg = await http.get("/api/fleet/telemetry", params={"agg": "last"})
+            summed = await http.get("/api/fleet/telemetry", params={"agg": "sum"})
     assert chart.status_code == 200
     points = chart.json()["points"]
-    assert sum(p["power_kw"] for p in points) == sum(range(60))
+    assert sum(p["power_kw"] for p in points) == 60  # every record, once, from the rollup
+    # a sum of raw samples is no fleet total: refused, with the way to fleet power
+    assert summed.status_code == 422 and summed.json()["error"]["code"] == "invalid_agg"
+    assert "/api/vpp/history" in summed.json()["error"]["message"]
     assert all(set(p) == {"ts", "power_kw"} and p["ts"] % 60_000 == 0 for p in points)
     assert chart.json()["end"] - chart.json()["start"] >= 86_400_000
     assert bad_bucket.status_code == 422 and bad_bucket.json()["error"]["code"] == "invalid_bucket"

@@ -4,6 +4,7 @@ dependencies that authenticate a caller. Errors are JSON ``{"error": {"code", "m
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,8 @@ def parse_time(value: str | None, default_ms: int, name: str) -> int:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         return int(parsed.timestamp() * 1000)
+    if not math.isfinite(number) or abs(number) > 1e15:  # nan, inf, 1e400: no time at all
+        raise ValidationError("invalid_time", f"{name} must be epoch ms or ISO 8601", name)
     return int(number if number >= 1e11 else number * 1000)
 
 

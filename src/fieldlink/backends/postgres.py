@@ -602,8 +602,9 @@ class PostgresStore:
         self, start_ms: int, end_ms: int, bucket_ms: int, tenant_id: str | None = None
     ) -> list[dict[str, Any]]:
         """From the per-minute rollup ``vpp_fleet_1m`` (the range and ``bucket_ms`` are whole
-        minutes). A node's capacity, and whether it is one, are as they were when each of its
-        minutes was first written."""
+        minutes). Whether a device is a node counts as it was when its rows were written, its
+        capacity as it was when each of its minutes was first written: later meta changes and
+        deleting the device never rewrite history (memory and SQLite use today's meta)."""
         if tenant_id is not None:
             minutes = (
                 "SELECT bucket, power_kw, nodes, capacity_kw FROM vpp_fleet_1m "

@@ -115,8 +115,8 @@ def headroom_kw(node: Node, discharge: bool, duration_s: float, limits: SocLimit
 @dataclass(frozen=True, slots=True)
 class Allocation:
     setpoints: dict[str, float]  # node -> kW it is asked for (positive: its share of |target|)
-    allocated_kw: float
-    shortfall_kw: float
+    allocated_kw: float  # the sum of the shares (rounded to watts)
+    shortfall_kw: float  # what the fleet's headroom cannot give
 
 
 def allocate(
@@ -147,8 +147,8 @@ def allocate(
     # Rounded to watts (so within half a watt of the headroom); a node whose share rounds to
     # nothing is left out (no command for 0 kW).
     setpoints = {k: kw for k, v in sorted(room.items()) if (kw := round(v * share, 3)) > 0}
-    allocated = sum(setpoints.values())
-    return Allocation(setpoints, allocated, max(0.0, wanted - allocated))
+    # The shortfall is what the fleet cannot give, not the rounding of the shares to watts.
+    return Allocation(setpoints, sum(setpoints.values()), max(0.0, wanted - available))
 
 
 # ---- dispatches -------------------------------------------------------------------------------

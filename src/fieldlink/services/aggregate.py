@@ -35,7 +35,11 @@ REFRESH_S = 5.0  # republish this often even without events (coverage ages)
 def is_node(device: Device) -> bool:
     """A VPP node declares its capacity."""
     capacity = device.meta.get("capacity_kw")
-    return isinstance(capacity, int | float) and not isinstance(capacity, bool) and capacity > 0
+    return (
+        isinstance(capacity, int | float)
+        and not isinstance(capacity, bool)
+        and 0 < capacity < 1e300  # as the stores' fleet power history counts nodes
+    )
 
 
 class AggregateService:

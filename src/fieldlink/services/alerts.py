@@ -18,6 +18,7 @@ and allocates nothing. Transitions go to one writer task, in order; events follo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -126,6 +127,11 @@ class AlertService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.leader:
+            # Hand over at once on a clean stop: a lease renewed for 0 ms is free to take.
+            self.leader = False
+            with contextlib.suppress(FieldlinkError):
+                await self.store.acquire_lease(LEASE, self.instance_id, 0, self.clock_ms())
 
     # ---- rules --------------------------------------------------------------------------
 
