@@ -2,6 +2,7 @@
 
     python bench/run.py [a|b|c|selfcheck|fleet|commands|all] [--quick]
                         [--backend sqlite|pg|pg2] [--protocol native|socketio] [--rules N]
+                        [--rates R1,R2,...]
 
 Starts its own mosquitto and `fieldlink serve` on free ports, a client fleet
 (bench/wsclients.py) and a load generator (bench/loadgen.py) as separate processes, and
@@ -313,8 +314,14 @@ def stepped(name: str, devices: int, n_clients: int, rates: list[float], duratio
             "latency_clients": latency_clients, "steps": steps}
 
 
+RATES: list[float] | None = None  # --rates: these steps only, none of them ends the run
+
+
 def scenario_b(quick: bool) -> dict[str, Any]:
     rates = [100, 300, 500] if quick else [100, 200, 300, 400, 500, 700, 1000, 1500]
+    if RATES:
+        return stepped("b", 10, 1000, RATES, 4 if quick else 10, lambda r: False,
+                       latency_clients=50)
     return stepped("b", 10, 1000, rates, 4 if quick else 10,
                    lambda r: r["lost"] > 0 or (r["p99_ms"] or 0) > 100, latency_clients=50)
 
@@ -447,7 +454,11 @@ def main() -> None:
                    help="the clients' protocol: native /ws, or Socket.IO over WebSocket")
     p.add_argument("--rules", type=int, default=0,
                    help="alert rules watching every device, evaluated on every record")
+    p.add_argument("--rates", default="",
+                   help="b only: run just these msg/s steps (comma-separated), none stops the run")
     a = p.parse_args()
+    global RATES
+    RATES = [float(x) for x in a.rates.split(",") if x] or None
     Stack.backend = a.backend
     Stack.rules = a.rules
     Clients.protocol = a.protocol

@@ -82,3 +82,21 @@ def test_without_a_window_every_change_is_shown() -> None:
         clock.ms += 1000
     assert [str(e.status) for e in seen] == ["online", "offline", "online", "offline"]
     assert p.counters.damped == 0
+
+
+def test_the_book_keeps_why_each_device_has_its_status() -> None:
+    from fieldlink.core.events import DeviceStatus, StatusReason
+    from fieldlink.core.status import StatusBook
+
+    book = StatusBook(silence_timeout_ms=1000)
+    assert book.reason("d") is None
+    book.activity("d", 0)
+    assert book.reason("d") is StatusReason.TELEMETRY
+    book.sweep(5000)
+    assert book.reason("d") is StatusReason.SILENCE
+    book.report("d", DeviceStatus.ONLINE, 6000)
+    assert book.reason("d") is StatusReason.REPORTED
+    book.report("d", DeviceStatus.OFFLINE, 7000, StatusReason.LAST_WILL)
+    assert book.reason("d") is StatusReason.LAST_WILL
+    book.apply("d", DeviceStatus.OFFLINE, 8000, StatusReason.CLEAN_DISCONNECT)  # another instance's
+    assert book.reason("d") is StatusReason.CLEAN_DISCONNECT

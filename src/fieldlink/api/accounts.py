@@ -1,4 +1,10 @@
-"""Sign-in, tokens, users and device credentials (docs/security.md)."""
+"""Sign-in, tokens, users and device credentials (docs/security.md).
+
+Two ways to sign in: tokens for programs (``/api/auth/token``, refreshed with
+``/api/auth/refresh``) and the dashboard's session cookie, set by the password form
+(``/api/auth/login``) or by the one-time admin link (``/login?code=``), and cleared by
+``/api/auth/logout``. Both password routes share the same rate limit and the same answer for a
+wrong user name or a wrong password."""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from fieldlink.api.auth import SESSION_COOKIE
 from fieldlink.api.common import Callers, read_body_limited
@@ -16,6 +22,32 @@ from fieldlink.core.closecodes import CloseCode
 from fieldlink.core.codec import decode_json
 from fieldlink.core.errors import Forbidden, NotFound, ValidationError
 from fieldlink.core.model import is_valid_device_id
+from fieldlink.services.identity import SESSION_TTL_S
+
+
+def set_session_cookie(response: Response, session: str, request: Request) -> None:
+    """The dashboard's session cookie: HttpOnly (no script reads it), SameSite=Strict (no
+    other site's request carries it), ``Secure`` when the page came over HTTPS."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        session,
+        max_age=SESSION_TTL_S,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+
+
+async def read_credentials(request: Request, limits: Any) -> tuple[str, str]:
+    """``(username, password)`` from a JSON or form body (at most 4 KiB)."""
+    body = await read_body_limited(request, 4096)
+    if request.headers.get("content-type", "").startswith("application/x-www-form"):
+        form = parse_qs(body.decode("utf-8", "replace"))
+        return form.get("username", [""])[0], form.get("password", [""])[0]
+    data = decode_json(body or b"{}", limits)
+    data = data if isinstance(data, dict) else {}
+    return str(data.get("username", "")), str(data.get("password", ""))
 
 
 def router(ctx: ApiContext, callers: Callers) -> APIRouter:
@@ -26,17 +58,50 @@ def router(ctx: ApiContext, callers: Callers) -> APIRouter:
     async def login(request: Request) -> dict[str, Any]:
         """Password login: ``{"username", "password"}`` (JSON or form) -> access and refresh
         tokens. 401 ``invalid_credentials`` for any mismatch."""
-        body = await read_body_limited(request, 4096)
-        if request.headers.get("content-type", "").startswith("application/x-www-form"):
-            form = parse_qs(body.decode("utf-8", "replace"))
-            username = form.get("username", [""])[0]
-            password = form.get("password", [""])[0]
-        else:
-            data = decode_json(body or b"{}", limits)
-            data = data if isinstance(data, dict) else {}
-            username, password = str(data.get("username", "")), str(data.get("password", ""))
+        username, password = await read_credentials(request, limits)
         auth.rate_limit(f"login:{username}")
         return await identity.login(username, password)
+
+    @api.post("/api/auth/login")
+    async def session_login(request: Request) -> JSONResponse:
+        """The dashboard's sign-in form: ``{"username", "password"}`` (JSON or form) -> the
+        session cookie (as ``/login?code=`` sets it) and who signed in: ``{"subject",
+        "tenant", "role", "expires"}``. 401 ``invalid_credentials`` for any mismatch; a
+        browser's ``Origin`` must be allowed (no signing a visitor in from another site)."""
+        auth.check_origin(request.headers.get("origin"))
+        username, password = await read_credentials(request, limits)
+        auth.rate_limit(f"login:{username}")
+        pair = await identity.login(username, password)
+        user = identity.tokens.verify(pair["access_token"], ("access",))
+        session = identity.tokens.issue(
+            user.subject, user.tenant_id, user.role, "session", SESSION_TTL_S
+        )
+        signed_in = identity.tokens.verify(session, ("session",))
+        response = JSONResponse(
+            {
+                "subject": signed_in.subject,
+                "tenant": signed_in.tenant_id,
+                "role": str(signed_in.role),
+                "expires": signed_in.expires_ms,
+            }
+        )
+        set_session_cookie(response, session, request)
+        return response
+
+    @api.post("/api/auth/logout", status_code=204)
+    async def session_logout(request: Request) -> Response:
+        """Clear the session cookie (204, signed in or not). The page closes its WebSocket
+        itself; the token in the cookie is not revoked (docs/security.md, "Not done yet")."""
+        auth.check_origin(request.headers.get("origin"))
+        response = Response(status_code=204)
+        response.delete_cookie(
+            SESSION_COOKIE,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
 
     @api.post("/api/auth/refresh")
     async def refresh(request: Request) -> dict[str, Any]:
@@ -62,13 +127,11 @@ def router(ctx: ApiContext, callers: Callers) -> APIRouter:
         }
 
     @api.get("/login", include_in_schema=False)
-    async def login_link(code: str = "") -> Response:
+    async def login_link(request: Request, code: str = "") -> Response:
         """The one-time link printed at start: sets the session cookie and opens the page."""
         session = identity.redeem_login_code(code)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE, session, max_age=12 * 3600, httponly=True, samesite="strict", path="/"
-        )
+        set_session_cookie(response, session, request)
         return response
 
     @api.post("/api/users", status_code=201)

@@ -27,6 +27,7 @@ class _Entry:
     status: DeviceStatus
     last_seen_ms: int
     since_ms: int
+    reason: StatusReason
 
 
 class StatusBook:
@@ -48,6 +49,11 @@ class StatusBook:
         entry = self._entries.get(device_id)
         return entry.since_ms if entry else None
 
+    def reason(self, device_id: str) -> StatusReason | None:
+        """Why the device has its current status (None if unknown)."""
+        entry = self._entries.get(device_id)
+        return entry.reason if entry else None
+
     def counts(self) -> dict[str, int]:
         out = {str(ONLINE): 0, str(OFFLINE): 0}
         for entry in self._entries.values():
@@ -59,7 +65,7 @@ class StatusBook:
     ) -> StatusChange | None:
         entry = self._entries.get(device_id)
         if entry is None:
-            self._entries[device_id] = _Entry(status, now_ms, now_ms)
+            self._entries[device_id] = _Entry(status, now_ms, now_ms, reason)
             return StatusChange(device_id, status, now_ms, reason)
         if status == ONLINE:
             entry.last_seen_ms = max(entry.last_seen_ms, now_ms)
@@ -67,6 +73,7 @@ class StatusBook:
             return None
         entry.status = status
         entry.since_ms = now_ms
+        entry.reason = reason
         return StatusChange(device_id, status, now_ms, reason)
 
     def report(
@@ -87,14 +94,21 @@ class StatusBook:
             return None
         return self._set(device_id, ONLINE, now_ms, StatusReason.TELEMETRY)
 
-    def apply(self, device_id: str, status: DeviceStatus, ts_ms: int) -> None:
+    def apply(
+        self,
+        device_id: str,
+        status: DeviceStatus,
+        ts_ms: int,
+        reason: StatusReason = StatusReason.REPORTED,
+    ) -> None:
         """Adopt a change another instance decided (no new change results)."""
         entry = self._entries.get(device_id)
         if entry is None:
-            self._entries[device_id] = _Entry(status, ts_ms, ts_ms)
+            self._entries[device_id] = _Entry(status, ts_ms, ts_ms, reason)
             return
         entry.status = status
         entry.since_ms = ts_ms
+        entry.reason = reason
         if status == ONLINE:
             entry.last_seen_ms = max(entry.last_seen_ms, ts_ms)
 
@@ -114,5 +128,6 @@ class StatusBook:
             if entry.status == ONLINE and entry.last_seen_ms < cutoff:
                 entry.status = OFFLINE
                 entry.since_ms = now_ms
+                entry.reason = StatusReason.SILENCE
                 changes.append(StatusChange(device_id, OFFLINE, now_ms, StatusReason.SILENCE))
         return changes

@@ -71,6 +71,9 @@ class Presence:
     def since_ms(self, device_id: str) -> int | None:
         return self.book.since_ms(device_id)
 
+    def reason(self, device_id: str) -> StatusReason | None:
+        return self.book.reason(device_id)
+
     def last_seen_ms(self, device_id: str) -> int | None:
         return self.book.last_seen_ms(device_id)
 
@@ -124,7 +127,7 @@ class Presence:
 
     def adopt(self, event: StatusChanged) -> None:
         """A change another instance decided."""
-        self.book.apply(event.device_id, event.status, event.ts_ms)
+        self.book.apply(event.device_id, event.status, event.ts_ms, event.reason)
 
     def seen(self, device_id: str, now_ms: int) -> None:
         """Another instance received telemetry from the device."""

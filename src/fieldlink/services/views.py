@@ -48,6 +48,7 @@ class DeviceViews:
             "meta": device.meta,
             "status": str(presence.status(device.id)),
             "status_since": presence.since_ms(device.id),
+            "status_reason": _reason(presence.reason(device.id)),
             "last_seen": presence.last_seen_ms(device.id) or device.last_seen_ms,
             "created": device.created_ms,
             "tenant": device.tenant_id,
@@ -88,3 +89,7 @@ class DeviceViews:
         if device is None:
             return orjson.dumps({"device_id": ident, "status": "unknown", "latest": None})
         return orjson.dumps(device)
+
+
+def _reason(reason: object) -> str | None:
+    return None if reason is None else str(reason)
